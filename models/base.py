@@ -1,0 +1,93 @@
+"""The one retrieval-model contract every rsitr method follows.
+
+A method is a :class:`RetrievalModel` subclass registered in ``models/registry.py``. The engine only ever calls:
+
+* ``encode_image(batch) -> [N, D]``: ``batch`` is the image part of a loader batch, a dict with ``images``
+  (float ``[N, 3, H, W]``) and ``filenames`` (list of N names; methods with per-image side inputs, such as GaLR's
+  local matrices, look them up by filename).
+* ``encode_text(batch) -> [M, D]``: ``batch`` holds ``tokens`` (long ``[M, L]``, 0-padded for word vocabularies),
+  ``lengths`` (long ``[M]``) and ``attention_mask`` (long ``[M, L]``).
+* ``similarity(img_emb, txt_emb) -> [N, M]``: cosine by default. A method whose score is pairwise (AMFMN's
+  gated text) overrides it; the evaluator calls it on shards of at most ``eval.sim_shard`` rows.
+* ``forward(batch) -> dict``: training outputs. At least ``img_emb`` [B, D] and ``txt_emb`` [B, D]; methods add
+  whatever their losses read (``logit_scale``, ``concept_img``, ...). Losses live in ``losses/``, never here.
+
+Published checkpoints: ``convert_upstream(state)`` maps a state dict in the upstream repository's key layout to
+this model's keys (see :func:`models.registry.load_upstream`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelContext:
+    """What a model needs to know about the data it is built for.
+
+    Attributes:
+        vocab_words: for word-level tokenizers, the words ordered by id (id ``i`` is ``vocab_words[i - 1]``;
+            id 0 is padding). None for sub-word tokenizers.
+        vocab_size: number of token ids including padding (embedding table rows).
+        scene_names: scene label of each scene id (``noneclass`` for images without a scene).
+        extra: free-form extras (e.g. ``tag_words`` for KAMCL).
+    """
+
+    vocab_words: list[str] | None = None
+    vocab_size: int = 0
+    scene_names: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without ``model.params``."""
+
+
+class RetrievalModel(nn.Module):
+    """Base class of every method.
+
+    Subclasses set ``Params`` (a dataclass validated from ``model.params``) and implement ``encode_image`` and
+    ``encode_text``; they override ``similarity`` only when the score is not the cosine of the embeddings.
+    """
+
+    Params: ClassVar[type] = NoParams
+
+    def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Embed images. Args: batch with ``images`` [N, 3, H, W]. Returns: [N, D]."""
+        raise NotImplementedError
+
+    def encode_text(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Embed captions. Args: batch with ``tokens`` [M, L], ``lengths`` [M]. Returns: [M, D]."""
+        raise NotImplementedError
+
+    def similarity(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
+        """Score every image against every caption. Args: [N, D], [M, D]. Returns: [N, M] (cosine)."""
+        return F.normalize(img_emb.float(), dim=-1) @ F.normalize(txt_emb.float(), dim=-1).t()
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Training outputs: ``img_emb`` [B, D] and ``txt_emb`` [B, D] (plus method-specific entries)."""
+        return {"img_emb": self.encode_image(batch), "txt_emb": self.encode_text(batch)}
+
+    def convert_upstream(self, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
+        """Map an upstream-layout state dict to this model's keys.
+
+        Returns:
+            (converted, used): ``converted`` maps this model's parameter/buffer names to tensors; ``used`` is the
+            set of upstream keys that went into it. Keys not in ``used`` are reported as unplaced.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no upstream checkpoint mapping")
+
+    def on_train_step_start(self) -> None:
+        """Hook called before every optimisation step (momentum encoders update here)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-parameter training state to keep in checkpoints (buffers are saved with the weights already)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""

@@ -1,0 +1,110 @@
+"""``MODELS`` registry, ``build_model`` and loading of published (upstream-layout) checkpoints."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import ConfigError, ModelCfg, parse_params
+from engine.registry import Registry
+from engine.utils import import_submodules
+from models.base import ModelContext, RetrievalModel
+
+MODELS = Registry("model")
+log = logging.getLogger(__name__)
+_loaded = False
+
+
+def _ensure_registered() -> None:
+    global _loaded
+    if not _loaded:
+        import models
+
+        import_submodules(models, skip=("base", "registry"))
+        _loaded = True
+
+
+def list_models() -> list[str]:
+    """Every registered method name."""
+    _ensure_registered()
+    return MODELS.names()
+
+
+def build_model(cfg: ModelCfg, ctx: ModelContext, source: str = "") -> RetrievalModel:
+    """Build the method named ``cfg.name`` with its validated ``model.params``.
+
+    Args:
+        cfg: the ``model`` section.
+        ctx: vocabulary / scene information from the data.
+        source: config file name, for error messages.
+    """
+    _ensure_registered()
+    try:
+        cls = MODELS.get(cfg.name)
+    except KeyError as e:
+        raise ConfigError(f"{source or 'config'}: model.name: {e.args[0]}") from None
+    params = parse_params(cls.Params, cfg.params, "model.params", source)
+    model = cls(cfg, params, ctx)
+    if cfg.init_from:
+        init_from(model, cfg.init_from)
+    return model
+
+
+def _read_state(path: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model.init_from: checkpoint file not found: {p}")
+    try:
+        ckpt: Any = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem becomes one clear line
+        raise ValueError(f"model.init_from: cannot read {p} as a weights-only checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"model.init_from: {p} holds no state dict")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in ckpt.items() if torch.is_tensor(v)}
+
+
+def load_upstream(model: RetrievalModel, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Load an upstream-layout state dict into ``model``.
+
+    Every converted tensor whose shape matches is copied; the rest is reported.
+
+    Returns:
+        ``{"loaded": rsitr keys, "unplaced": upstream keys not used, "shape_mismatch": rsitr keys,
+        "missing": rsitr keys that received nothing}``.
+    """
+    converted, used = model.convert_upstream(state)
+    own = model.state_dict()
+    loadable, mismatch = {}, []
+    for k, v in converted.items():
+        if k in own and tuple(own[k].shape) == tuple(v.shape):
+            loadable[k] = v
+        else:
+            mismatch.append(k)
+    model.load_state_dict(loadable, strict=False)
+    report = {"loaded": sorted(loadable), "unplaced": sorted(set(state) - set(used)),
+              "shape_mismatch": sorted(mismatch), "missing": sorted(set(own) - set(loadable))}
+    if report["unplaced"] or report["shape_mismatch"]:
+        log.warning("upstream checkpoint: %d keys could not be placed: %s", len(report["unplaced"]) +
+                    len(mismatch), ", ".join((report["unplaced"] + mismatch)[:20]))
+    log.info("upstream checkpoint: loaded %d tensors, %d model keys left at init", len(loadable), len(report["missing"]))
+    return report
+
+
+def init_from(model: RetrievalModel, spec: str) -> dict[str, list[str]]:
+    """Apply ``model.init_from``: ``upstream:PATH`` or ``rsitr:PATH`` (an rsitr checkpoint's weights)."""
+    kind, _, path = spec.partition(":")
+    if kind == "upstream" and path:
+        return load_upstream(model, _read_state(path))
+    if kind == "rsitr" and path:
+        state = _read_state(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        return {"loaded": sorted(set(state) - set(unexpected)), "unplaced": list(unexpected), "shape_mismatch": [],
+                "missing": list(missing)}
+    raise ConfigError(f"model.init_from must be 'upstream:PATH' or 'rsitr:PATH', got '{spec}'")
