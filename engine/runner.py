@@ -1,0 +1,230 @@
+"""Wiring for the entry points: build everything for one fold, train it, select on validation, test once.
+
+This is application code (it imports ``data``, ``models`` and ``losses``); ``train.py`` and ``test.py`` stay thin.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data.build import DataBundle, build_data, eval_loaders, model_context, train_loader
+from engine import dist
+from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from engine.config import Config, config_from_dict, config_to_dict, save_config
+from engine.evaluate import evaluate
+from engine.logger import MetricWriter
+from engine.optim import build_optimizer, build_scheduler
+from engine.train_loop import train_one_epoch
+from losses import build_criterion
+from models.base import RetrievalModel
+from models.registry import build_model
+
+log = logging.getLogger("rsitr")
+
+
+class RunError(RuntimeError):
+    """A run cannot start (existing run directory, unwritable output, ...)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's CUDA device when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RunError(f"train.device is '{name}' but CUDA is not available")
+        if name == "cuda":
+            name = f"cuda:{dist.world_info()[1]}"
+        torch.cuda.set_device(torch.device(name))
+    return torch.device(name)
+
+
+def setup_determinism(cfg: Config) -> None:
+    """Seed everything; in deterministic mode also force deterministic kernels."""
+    dist.seed_all(cfg.train.seed)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def experiment_dir(cfg: Config, output_dir: str | None) -> Path:
+    """``<output_dir or train.output_dir>/<train.experiment or config stem>``."""
+    name = cfg.train.experiment or Path(cfg.source).stem or "run"
+    return Path(output_dir or cfg.train.output_dir) / name
+
+
+def prepare_run_dir(run_dir: Path, resuming: bool) -> None:
+    """Create the fold directory; refuse to overwrite a finished or running fold unless resuming."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"output path {run_dir} exists and is not a directory")
+    if not resuming and (run_dir / "last.pth").exists():
+        raise RunError(f"{run_dir} already holds a run (last.pth); pass --resume {run_dir / 'last.pth'} "
+                       f"or choose another --output-dir / train.experiment")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"cannot write to output directory {run_dir}: {e.strerror or e}") from None
+
+
+@dataclass
+class Parts:
+    """Everything one fold needs."""
+
+    bundle: DataBundle
+    model: RetrievalModel
+    criterion: nn.Module
+    loader: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+
+
+def build_parts(cfg: Config, fold: int, run_dir: Path | None, device: torch.device,
+                resume: dict | None = None) -> Parts:
+    """Data, model, criterion, loader, optimizer, scheduler and scaler for one fold."""
+    bundle = build_data(cfg.data, fold=fold, run_dir=run_dir if dist.is_main() else None,
+                        tokenizer_state=resume["tokenizer"] if resume else None, source=cfg.source)
+    # a resumed run takes every weight from the checkpoint: no pretrained file is read again
+    mcfg = replace(cfg.model, pretrained=False, init_from="") if resume else cfg.model
+    model = build_model(mcfg, model_context(bundle), cfg.source).to(device)
+    criterion = build_criterion(cfg.loss, cfg.source).to(device)
+    loader = train_loader(bundle, cfg.data, distributed=dist.is_dist(), seed=cfg.train.seed,
+                          deterministic=cfg.train.deterministic)
+    optimizer = build_optimizer(cfg.optim, model)
+    scheduler = build_scheduler(cfg.optim, optimizer, len(loader), cfg.train.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
+    return Parts(bundle, model, criterion, loader, optimizer, scheduler, scaler)
+
+
+def checkpoint_state(cfg: Config, parts: Parts, model: nn.Module, epoch: int, step: int, best: float,
+                     best_epoch: int, fold: int) -> dict[str, Any]:
+    bare = unwrap(model)
+    return {"model": bare.state_dict(), "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(), "epoch": epoch,
+            "step": step, "best_metric": best, "best_epoch": best_epoch, "config": config_to_dict(cfg),
+            "tokenizer": parts.bundle.tokenizer.state(), "scene_names": list(parts.bundle.scene_names),
+            "fold": fold, "config_source": cfg.source, "rng": rng_state(), "extra": bare.extra_state(), "method": cfg.model.name}
+
+
+def restore(parts: Parts, ckpt: dict) -> tuple[int, int, float, int]:
+    """Load a ``last.pth`` into the parts; return (next epoch, step, best metric, best epoch)."""
+    parts.model.load_state_dict(ckpt["model"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    parts.scaler.load_state_dict(ckpt["scaler"])
+    parts.model.load_extra_state(ckpt.get("extra", {}))
+    set_rng_state(ckpt["rng"])
+    return ckpt["epoch"] + 1, ckpt["step"], ckpt["best_metric"], ckpt.get("best_epoch", -1)
+
+
+def evaluate_split(cfg: Config, model: nn.Module, bundle: DataBundle, split: str, device: torch.device,
+                   rerank: str = "none", rerank_kw: dict | None = None) -> tuple[dict, torch.Tensor]:
+    """Metrics of one split of ``bundle`` (``val`` or ``test``)."""
+    data = getattr(bundle, split)
+    img_loader, txt_loader = eval_loaders(data, bundle, cfg.data)
+    names = {n: i for i, n in enumerate(bundle.scene_names)}
+    scenes = torch.tensor([names.get(s, -1) for s in data.scenes])
+    return evaluate(model, img_loader, txt_loader, torch.tensor(data.txt2img), device, amp=cfg.train.amp,
+                    shard=cfg.eval.sim_shard, rerank=rerank, rerank_kw=rerank_kw, img_scenes=scenes,
+                    scene_rs=tuple(cfg.eval.scene_recall))
+
+
+def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dict | None = None) -> dict:
+    """Train one fold, keep ``last.pth`` and ``best.pth`` (by validation ``eval.select_metric``), test best once.
+
+    Returns:
+        ``{"fold", "best_epoch", "best_val", "test": test metrics}`` (test metrics on rank 0 only).
+    """
+    setup_determinism(cfg)
+    parts = build_parts(cfg, fold, run_dir, device, resume)
+    start, step, best, best_epoch = restore(parts, resume) if resume else (0, 0, float("-inf"), -1)
+    model: nn.Module = parts.model
+    if dist.is_dist():
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = MetricWriter(run_dir) if dist.is_main() else None
+    if dist.is_main() and not resume:
+        save_config(cfg, run_dir / "config.yaml")
+    log.info("fold %d: %d train images / %d captions, %d val images, %d steps per epoch, %d epochs", fold,
+             len(parts.bundle.train.filenames), len(parts.bundle.train.captions),
+             len(parts.bundle.val.filenames) if parts.bundle.val else 0, len(parts.loader), cfg.train.epochs)
+    for epoch in range(start, cfg.train.epochs):
+        if hasattr(parts.loader.sampler, "set_epoch"):
+            parts.loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(model, parts.criterion, parts.loader, parts.optimizer, parts.scheduler, parts.scaler,
+                                epoch, device, amp=cfg.train.amp, grad_clip=cfg.optim.grad_clip,
+                                log_every=cfg.train.log_every)
+        step += stats["steps"]
+        if dist.is_main():
+            best, best_epoch = _end_of_epoch(cfg, parts, model, writer, stats, epoch, step, best, best_epoch,
+                                             fold, run_dir, device)
+        dist.barrier()
+    result = {"fold": fold, "best_epoch": best_epoch, "best_val": best}
+    if dist.is_main():
+        result["test"] = _final_test(cfg, parts, run_dir, device, writer, step)
+        writer.close()
+    dist.barrier()
+    return result
+
+
+def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWriter, stats: dict, epoch: int,
+                  step: int, best: float, best_epoch: int, fold: int, run_dir: Path,
+                  device: torch.device) -> tuple[float, int]:
+    row = {f"train/{k}": v for k, v in stats.items()}
+    improved = False
+    if parts.bundle.val is not None and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs):
+        metrics, _ = evaluate_split(cfg, model, parts.bundle, "val", device)
+        row.update({f"val/{k}": v for k, v in metrics.items()})
+        score = metrics[cfg.eval.select_metric]
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch
+    elif parts.bundle.val is None:
+        improved, best_epoch = True, epoch  # no validation split: the last epoch is the one kept
+    state = checkpoint_state(cfg, parts, model, epoch, step, best, best_epoch, fold)
+    if improved:
+        save_checkpoint(run_dir / "best.pth", state)
+    save_checkpoint(run_dir / "last.pth", state)
+    writer.write(step, row, epoch=epoch)
+    val = f"val {cfg.eval.select_metric} {row.get('val/' + cfg.eval.select_metric, float('nan')):.2f}"
+    log.info("epoch %d: loss %.4f, %s (best %.2f at epoch %d), %.1fs", epoch, stats.get("loss", float("nan")), val,
+             best, best_epoch, stats["time_s"])
+    return best, best_epoch
+
+
+def _final_test(cfg: Config, parts: Parts, run_dir: Path, device: torch.device, writer: MetricWriter,
+                step: int) -> dict:
+    ckpt = load_checkpoint(run_dir / "best.pth", method=cfg.model.name)
+    parts.model.load_state_dict(ckpt["model"])
+    parts.model.load_extra_state(ckpt.get("extra", {}))
+    metrics, _ = evaluate_split(cfg, parts.model, parts.bundle, "test", device)
+    metrics.update(best_epoch=ckpt.get("best_epoch", ckpt["epoch"]), method=cfg.model.name,
+                   checkpoint=str(run_dir / "best.pth"))
+    (run_dir / "test.json").write_text(json.dumps(metrics, indent=2))
+    writer.write(step, {f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    log.info("test (best epoch %s): %s", metrics["best_epoch"], format_metrics(metrics))
+    return metrics
+
+
+def format_metrics(m: dict) -> str:
+    """One line: R@1/5/10 both ways, mR."""
+    keys = ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "mR")
+    return "  ".join(f"{k} {m[k]:.2f}" for k in keys if k in m)
+
+
+def config_for_rebuild(ckpt: dict) -> Config:
+    """The checkpoint's config with pretrained loading switched off (the weights come from the checkpoint)."""
+    cfg = config_from_dict(ckpt["config"], source=f"checkpoint:{ckpt.get('method')}")
+    return replace(cfg, model=replace(cfg.model, pretrained=False, init_from=""))

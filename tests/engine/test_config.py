@@ -1,0 +1,79 @@
+"""Strict typed config: inheritance, overrides, errors naming key and file, dump/reload identity."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.config import (Config, ConfigError, DataCfg, config_from_dict, dump_config, load_config, parse_params)
+from dataclasses import dataclass
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_types(tmp_path):
+    cfg = load_config(write(tmp_path / "a.yaml", "train: {epochs: 3}\noptim: {lr: 1e-3}\n"))
+    assert cfg.train.epochs == 3 and cfg.optim.lr == pytest.approx(1e-3)  # "1e-3" is a string for YAML 1.1
+    assert cfg.data == DataCfg() and isinstance(cfg.optim.betas, tuple)
+
+
+def test_base_inheritance_and_override_order(tmp_path):
+    write(tmp_path / "_base_" / "b.yaml", "model: {name: vse, params: {hidden: 8, word_dim: 4}}\ntrain: {epochs: 5}\n")
+    cfg = load_config(write(tmp_path / "c.yaml", "_base_: _base_/b.yaml\nmodel: {params: {hidden: 16}}\n"),
+                      ["train.epochs=7", "loss.terms.0.weight=2"])
+    assert cfg.model.params == {"hidden": 16, "word_dim": 4}  # params merge key by key
+    assert cfg.train.epochs == 7 and cfg.loss.terms[0].weight == 2.0
+
+
+@pytest.mark.parametrize("text,key", [("train: {epoch: 3}\n", "train.epoch"), ("modle: {}\n", "modle"),
+                                      ("loss: {terms: [{name: triplet, wieght: 1}]}\n", "loss.terms.0.wieght")])
+def test_unknown_key_names_key_and_file(tmp_path, text, key):
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert f"'{key}'" in str(e.value) and str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("override,key", [("train.epochs=abc", "train.epochs"), ("train.deterministic=3", "train.deterministic"),
+                                          ("optim.betas=0.9", "optim.betas"), ("train.nope=1", "train.nope")])
+def test_override_type_errors(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(write(tmp_path / "a.yaml", "{}\n"), [override])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(tmp_path / "x.yaml", "a: [1,\n"))
+
+
+def test_dump_reload_identical(tmp_path):
+    cfg = load_config(write(tmp_path / "a.yaml", "eval: {scene_recall: [1, 5]}\noptim: {lr_mult: {backbone: 0.1}}\n"),
+                      ["loss.terms.0.params={margin: 0.3}"])
+    again = config_from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg and isinstance(again.eval.scene_recall, tuple)
+
+
+def test_parse_params_strict():
+    @dataclass(frozen=True)
+    class P:
+        width: int = 4
+        name: str = "x"
+
+    assert parse_params(P, {"width": 8}, "model.params", "f.yaml").width == 8
+    with pytest.raises(ConfigError, match=r"f\.yaml.*'model\.params\.depth'"):
+        parse_params(P, {"depth": 2}, "model.params", "f.yaml")
+    with pytest.raises(ConfigError, match=r"model\.params\.width"):
+        parse_params(P, {"width": "big"}, "model.params", "f.yaml")
+
+
+def test_every_shipped_config_loads():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = [p for p in root.rglob("*.yaml") if "_base_" not in p.parts]
+    assert files, "no configs shipped"
+    for p in files:
+        assert isinstance(load_config(p), Config), p
