@@ -1,0 +1,165 @@
+"""From a ``DataCfg`` to splits, a tokenizer and DataLoaders: the one entry point the engine uses.
+
+``build_data`` reads the preset's (or any) precomp folder, draws fold ``fold`` of the configured protocol from the
+training images (``data/folds.py``), writes that fold's split files into ``run_dir/splits/`` (never into the data
+folder), checks that the images it will read exist, and builds the tokenizer. ``train_loader`` and
+``eval_loaders`` wrap the splits in DataLoaders whose batches are the dicts of docs/ARCHITECTURE.md.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from engine import dist
+from engine.config import ConfigError, DataCfg
+from data.datasets import (CaptionCollate, CaptionDataset, CaptionTrainDataset, EpochSampler, ImageDataset,
+                           TrainCollate, image_collate, seed_worker)
+from data.folds import leakage_report, make_folds, write_split_files
+from data.precomp import NONECLASS, PrecompSplit, check_image_files, load_split, truncate
+from data.presets import get_preset, resolve_folders
+from data.tokenize import Tokenizer, build_tokenizer, tokenizer_from_state
+from data.transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataBundle:
+    """Everything a run needs from the data side.
+
+    Attributes:
+        train, val: the fold's training and validation images (None when not requested / empty).
+        test: the official test split.
+        tokenizer: caption tokenizer (its ``state()`` goes into checkpoints).
+        scene_names: scene label of each scene id: sorted scenes of the full training file, ``noneclass`` last.
+    """
+
+    train: PrecompSplit | None
+    val: PrecompSplit | None
+    test: PrecompSplit
+    tokenizer: Tokenizer
+    scene_names: list[str]
+
+    def scene_ids(self, split: PrecompSplit) -> list[int]:
+        """Scene id of every image of ``split`` (scenes unseen in training map to ``noneclass``)."""
+        index = {s: i for i, s in enumerate(self.scene_names)}
+        return [index.get(s, index[NONECLASS]) for s in split.scenes]
+
+
+def _scene_names(scenes: Sequence[str]) -> list[str]:
+    return sorted(set(scenes) - {NONECLASS}) + [NONECLASS]
+
+
+def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokenizer_state: dict | None = None,
+               source: str = "", splits: Sequence[str] = ("train", "val", "test")) -> DataBundle:
+    """Load the dataset of ``cfg`` and draw fold ``fold``.
+
+    Args:
+        cfg: the ``data`` config section.
+        fold: 0-based fold index of ``cfg.protocol``.
+        run_dir: when given, the fold's ``*_verify.txt`` files are written to ``run_dir/splits/``.
+        tokenizer_state: a saved ``Tokenizer.state()`` (test.py); otherwise ``data.vocab`` or the fold's training
+            captions define the vocabulary.
+        source: config file name, for error messages.
+        splits: which of train / val / test are needed; with ("test",) and a tokenizer state, no training image
+            is checked (the training filenames are still read for the scene names).
+
+    Raises:
+        FileNotFoundError: missing folder, text file or images (listed up front).
+        ConfigError / ValueError: bad protocol settings or inconsistent files.
+    """
+    where = f" ({source})" if source else ""
+    folder, image_dir = resolve_folders(cfg)
+    ext = get_preset(cfg).ext
+    want_train = "train" in splits or "val" in splits or (tokenizer_state is None and cfg.tokenizer == "vocab"
+                                                           and not cfg.vocab)
+    has_train = (folder / "train_caps.txt").is_file()
+    if want_train and not has_train:
+        raise FileNotFoundError(f"{folder} has no train_caps.txt{where}; this dataset can only be evaluated "
+                                "(give a tokenizer via data.vocab / a checkpoint and use splits=('test',))")
+    full = truncate(load_split(folder, "train", image_dir, False, ext), cfg.max_images) if has_train else None
+    train = val = None
+    if want_train and full is not None:
+        folds = make_folds(full, cfg.protocol, cfg.n_folds, cfg.val_ratio, cfg.base_seed, cfg.split_dir)
+        if not 0 <= fold < len(folds):
+            raise ConfigError(f"fold {fold} requested but data.n_folds gives {len(folds)} fold(s){where}")
+        tr_idx, va_idx = folds[fold]
+        train = full.subset(tr_idx, "train")
+        val = full.subset(va_idx, "val") if va_idx else None
+        log.info("fold %d (%s, seed %d): %d train / %d val images", fold, cfg.protocol, cfg.base_seed + fold,
+                 len(tr_idx), len(va_idx))
+        if run_dir is not None and dist.is_main():
+            write_split_files(Path(run_dir) / "splits", full, tr_idx, va_idx)
+    test = truncate(load_split(folder, "test", image_dir, False, ext), cfg.max_images)
+    for sp, name in ((train, "train"), (val, "val"), (test, "test")):
+        if sp is not None and (name in splits):
+            check_image_files(sp)
+    leakage_report({k: v for k, v in (("train", train), ("val", val), ("test", test)) if v is not None})
+    if tokenizer_state is not None:
+        tokenizer = tokenizer_from_state(tokenizer_state)
+    else:
+        tokenizer = build_tokenizer(cfg, train.captions if train is not None else None)
+    scene_names = _scene_names(full.scenes if full is not None else test.scenes)
+    keep = set(splits)
+    return DataBundle(train if "train" in keep else None, val if "val" in keep else None, test, tokenizer,
+                      scene_names)
+
+
+def _loader_kwargs(cfg: DataCfg) -> dict[str, Any]:
+    workers = max(0, cfg.num_workers)
+    return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available(),
+            "worker_init_fn": seed_worker}
+
+
+def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: int,
+                 deterministic: bool) -> DataLoader:
+    """Shuffled training loader over captions (one item per caption, ``drop_last``).
+
+    The global ``data.batch_size`` is split over the processes. The sampler is an :class:`EpochSampler`
+    (a DistributedSampler with ``seed``); call ``loader.sampler.set_epoch(e)`` before epoch e. Data order and
+    augmentation depend only on (seed, epoch), in deterministic mode and otherwise alike.
+
+    Args:
+        bundle: from :func:`build_data` (needs ``bundle.train``).
+        cfg: the data config.
+        distributed: shard over the torch.distributed world.
+        seed: the run seed.
+        deterministic: the engine's deterministic mode (the order is reproducible either way).
+    """
+    if bundle.train is None:
+        raise ValueError("train_loader needs a bundle built with the 'train' split")
+    world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
+    if cfg.batch_size % world:
+        raise ConfigError(f"data.batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    per_rank = cfg.batch_size // world
+    dataset = CaptionTrainDataset(bundle.train, bundle.tokenizer, build_transform(cfg.transform, True, cfg.image_size),
+                                  bundle.scene_ids(bundle.train), seed, cfg.word_deletion)
+    if len(dataset) // world < per_rank:
+        raise ConfigError(f"data.batch_size {cfg.batch_size} is larger than the {len(dataset)} training captions")
+    sampler = EpochSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
+                      collate_fn=TrainCollate(bundle.tokenizer), generator=generator, **_loader_kwargs(cfg))
+
+
+def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple[DataLoader, DataLoader]:
+    """(images once, captions once) loaders of a split, in file order, batch ``data.eval_batch_size``."""
+    images = ImageDataset(split, build_transform(cfg.transform, False, cfg.image_size), bundle.scene_ids(split))
+    captions = CaptionDataset(split, bundle.tokenizer)
+    kw = _loader_kwargs(cfg)
+    return (DataLoader(images, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=image_collate, **kw),
+            DataLoader(captions, batch_size=cfg.eval_batch_size, shuffle=False,  # ids are precomputed: no workers
+                       collate_fn=CaptionCollate(bundle.tokenizer)))
+
+
+def model_context(bundle: DataBundle) -> Any:
+    """``models.base.ModelContext`` for the bundle: vocab words, vocab size (incl. padding), scene names."""
+    from models.base import ModelContext  # data must not import models at module level
+
+    return ModelContext(vocab_words=list(bundle.tokenizer.words) if bundle.tokenizer.words else None,
+                        vocab_size=len(bundle.tokenizer), scene_names=list(bundle.scene_names))

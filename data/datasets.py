@@ -1,0 +1,164 @@
+"""torch Datasets, collate functions and the epoch-seeded sampler behind ``data/build.py``.
+
+Reproducibility: the training sampler yields ``(epoch, caption_index)`` pairs. The permutation of epoch ``e`` comes
+from ``torch.Generator().manual_seed(seed + e)`` (DistributedSampler semantics, also with one process), and the
+random augmentation and word deletion of an item are seeded from ``(seed, epoch, caption_index)``. So the data of
+epoch ``e`` depends only on the seed and ``e``: a resumed run sees exactly the batches of an uninterrupted one, the
+result does not depend on ``num_workers``, and with N processes the union of the N local batches of step t is the
+single-process batch t (the DDP equality the engine tests).
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, DistributedSampler
+
+from data.precomp import PrecompSplit
+from data.tokenize import Tokenizer
+
+
+def load_image(path: Any) -> Image.Image:
+    """Open an image file (.tif/.jpg/.png) as RGB."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def delete_words(caption: str, p: float, rng: np.random.Generator) -> str:
+    """Drop each word with probability ``p``; one random word is kept when all would go (never empty)."""
+    words = caption.split()
+    if p <= 0 or len(words) <= 1:
+        return caption
+    kept = [w for w, r in zip(words, rng.random(len(words))) if r >= p]
+    return " ".join(kept) if kept else words[int(rng.integers(len(words)))]
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one (seed, epoch, item) triple (numpy SeedSequence mixing)."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler that yields ``(epoch, index)`` so datasets can seed per-item randomness.
+
+    With ``num_replicas=1, rank=0`` it is the single-process sampler (no process group needed). ``set_epoch``
+    must be called before each epoch (the engine does); the order of epoch e depends only on ``seed`` and e.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        return ((self.epoch, int(i)) for i in super().__iter__())
+
+
+class CaptionTrainDataset(Dataset):
+    """One item per caption: the (augmented) image of that caption and its token ids.
+
+    Args:
+        split: the training split.
+        tokenizer: encodes captions.
+        transform: PIL image -> float tensor [3, S, S].
+        scene_ids: scene id of each image of ``split``.
+        seed: base of the per-item random seeds.
+        word_deletion: FISVL's training-time word deletion probability.
+        cap_weight: optional per-caption weights (default 1.0).
+    """
+
+    def __init__(self, split: PrecompSplit, tokenizer: Tokenizer, transform: Callable, scene_ids: Sequence[int],
+                 seed: int = 0, word_deletion: float = 0.0, cap_weight: Sequence[float] | None = None) -> None:
+        self.split, self.tokenizer, self.transform = split, tokenizer, transform
+        self.scene_ids, self.seed, self.word_deletion = list(scene_ids), seed, word_deletion
+        self.cap_weight = list(cap_weight) if cap_weight is not None else [1.0] * split.n_captions
+        self.ids_cache = None if word_deletion > 0 else [tokenizer.encode(c) for c in split.captions]
+
+    def __len__(self) -> int:
+        return self.split.n_captions
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, j = key if isinstance(key, tuple) else (0, key)
+        i = self.split.txt2img[j]
+        s = item_seed(self.seed, epoch, j)
+        with torch.random.fork_rng(devices=[]):  # augmentation draws from torch's global RNG: isolate and seed it
+            torch.manual_seed(s)
+            image = self.transform(load_image(self.split.image_path(i)))
+        if self.ids_cache is not None:
+            ids = self.ids_cache[j]
+        else:
+            ids = self.tokenizer.encode(delete_words(self.split.captions[j], self.word_deletion,
+                                                     np.random.default_rng(s)))
+        return {"image": image, "ids": ids, "filename": self.split.filenames[i], "img_id": i, "cap_id": j,
+                "scene_id": self.scene_ids[i], "cap_weight": float(self.cap_weight[j])}
+
+
+class ImageDataset(Dataset):
+    """Each image of a split once, in file order (evaluation)."""
+
+    def __init__(self, split: PrecompSplit, transform: Callable, scene_ids: Sequence[int]) -> None:
+        self.split, self.transform, self.scene_ids = split, transform, list(scene_ids)
+
+    def __len__(self) -> int:
+        return self.split.n_images
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.transform(load_image(self.split.image_path(i))), "filename": self.split.filenames[i],
+                "img_id": i, "scene_id": self.scene_ids[i]}
+
+
+class CaptionDataset(Dataset):
+    """Each caption of a split once, in file order (evaluation); token ids are computed once up front."""
+
+    def __init__(self, split: PrecompSplit, tokenizer: Tokenizer) -> None:
+        self.split = split
+        self.ids = [tokenizer.encode(c) for c in split.captions]
+
+    def __len__(self) -> int:
+        return self.split.n_captions
+
+    def __getitem__(self, j: int) -> dict:
+        return {"ids": self.ids[j], "cap_id": j, "img_id": self.split.txt2img[j]}
+
+
+def _long(items: list[dict], key: str) -> torch.Tensor:
+    return torch.tensor([it[key] for it in items], dtype=torch.long)
+
+
+class TrainCollate:
+    """Batch dict of the training loader (docs/ARCHITECTURE.md). Picklable for worker processes."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = self.tokenizer.collate([it["ids"] for it in items])
+        batch.update(images=torch.stack([it["image"] for it in items]), filenames=[it["filename"] for it in items],
+                     img_ids=_long(items, "img_id"), cap_ids=_long(items, "cap_id"),
+                     scene_ids=_long(items, "scene_id"),
+                     cap_weight=torch.tensor([it["cap_weight"] for it in items], dtype=torch.float32))
+        return batch
+
+
+def image_collate(items: list[dict]) -> dict:
+    """Batch of the evaluation image loader: ``images filenames img_ids scene_ids``."""
+    return {"images": torch.stack([it["image"] for it in items]), "filenames": [it["filename"] for it in items],
+            "img_ids": _long(items, "img_id"), "scene_ids": _long(items, "scene_id")}
+
+
+class CaptionCollate:
+    """Batch of the evaluation caption loader: ``tokens lengths attention_mask cap_ids img_ids``."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = self.tokenizer.collate([it["ids"] for it in items])
+        batch.update(cap_ids=_long(items, "cap_id"), img_ids=_long(items, "img_id"))
+        return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """worker_init_fn: seed python and numpy from the worker's torch seed (set by the loader's generator)."""
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
