@@ -260,3 +260,36 @@ def upstream_uniskip_keys(upstream_prefix: str, own_prefix: str) -> dict[str, st
         if g[0] == "i":
             out[f"{own_prefix}cell.weight_{g}.bias"] = f"{upstream_prefix}rnn.gru_cell.weight_{g}.bias"
     return out
+
+
+class SkipThoughtText(nn.Module):
+    """Text tower of the GaLR family: uni-skip sentence vector -> Linear(dim_hidden -> D) -> ReLU.
+
+    Args:
+        vocab_words, dim_word, dim_hidden, dropout, skipthought_dir, pretrained: see :class:`UniSkip`.
+        embed_dim: output size D.
+        upstream_lengths: take the sentence vector where upstream does (L minus #pad, so an all-pad caption
+            reads the last step) instead of at ``lengths - 1`` (they differ only for empty captions).
+    """
+
+    def __init__(self, vocab_words: list[str], embed_dim: int, dim_word: int = 620, dim_hidden: int = 2400,
+                 dropout: float = 0.25, skipthought_dir: str = "", pretrained: bool = False,
+                 upstream_lengths: bool = False) -> None:
+        super().__init__()
+        self.encoder = UniSkip(vocab_words, dim_word, dim_hidden, dropout, skipthought_dir, pretrained)
+        self.proj = nn.Linear(dim_hidden, embed_dim)
+        self.upstream_lengths = upstream_lengths
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Args: tokens [B, L], lengths [B]. Returns: [B, D] (non-negative, after ReLU)."""
+        if self.upstream_lengths:
+            lengths = UniSkip.upstream_lengths(tokens)
+        last, _ = self.encoder(tokens, lengths)
+        return torch.relu(self.proj(last))
+
+    def upstream_keys(self, own_prefix: str, upstream_prefix: str = "text_feature.") -> dict[str, str]:
+        """{own key: upstream key}; upstream names the encoder ``seq2vec`` and the projection ``to_out``."""
+        out = upstream_uniskip_keys(f"{upstream_prefix}seq2vec.", f"{own_prefix}encoder.")
+        out[f"{own_prefix}proj.weight"] = f"{upstream_prefix}to_out.weight"
+        out[f"{own_prefix}proj.bias"] = f"{upstream_prefix}to_out.bias"
+        return out

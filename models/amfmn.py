@@ -1,0 +1,141 @@
+"""AMFMN: asymmetric multimodal feature matching network (METHODS.md C1), the base of GaLR.
+
+Paper: Z. Yuan et al., "Exploring a Fine-Grained Multiscale Method for Cross-Modal Remote Sensing Image Retrieval",
+IEEE TGRS 2021. Upstream: https://github.com/xiaoyuan1996/AMFMN (read at c09bcfba90; written here from the spec).
+
+* Image: ResNet-18 (ImageNet weights from a local file) + the MVSA branch (:mod:`models.encoders.mvsa`),
+  not normalised.
+* Text: uni-skip GRU (620 -> 2400, :mod:`models.encoders.skipthoughts`) -> Linear(2400 -> 512) -> ReLU.
+* Score: for every (image v, caption t) pair the caption is gated by the image, t' = sigmoid(W v + b) * t, and
+  the score is cos(v, t'). The score is pairwise, so :meth:`AMFMN.similarity` overrides the cosine. It is computed
+  in closed form without the [N, M, D] tensor upstream builds (exact, not an approximation):
+  v . t' = ((v * g) @ tᵀ) and ||t'||² = (g²) @ (t²)ᵀ with g = sigmoid(W v + b).
+* Loss (config): the C0 triplet, sum over negatives, margin 0.2. Adam 2e-4, x0.7 every 20 epochs, 70 epochs,
+  batch 100, 5 random 80/20 folds, 256 px.
+
+Files a user provides (paths in ``model.params``; ``model.pretrained: false`` reads none of them):
+
+* ``resnet_weights``: torchvision ImageNet ResNet-18, ``pretrained/resnet18-f37072fd.pth``.
+* ``skipthought_dir``: ``pretrained/skipthoughts/`` with ``dictionary.txt``, ``utable.npy``, ``uni_skip.npz``
+  (http://www.cs.toronto.edu/~rkiros/models/). Empty string = random text init even when pretrained.
+* ``data.vocab``: the upstream ``data/vocab/rsitmd_splits_vocab.json`` (word ids as upstream).
+
+Deliberate differences from upstream:
+
+* Published checkpoints: ``model.init_from: upstream:PATH``. ``vgmf_gate.*`` (``VGMF_Fusion``, defined but never
+  called upstream) is read and dropped — it cannot change any output.
+* The unused ResNet classifier ``fc`` is kept (checkpoints hold it) but frozen.
+* ``upstream_compat`` (default off) reads the sentence vector where upstream does for empty captions (L minus
+  #pad, i.e. the last step), instead of at the first token.
+* AMFMN's train transform never rotated (``RandomRotation(0, 90)`` means degrees=0); configs use ``transform: amfmn``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from engine.config import ConfigError, ModelCfg
+from models.base import ModelContext, RetrievalModel
+from models.encoders.mvsa import MVSAImageTower, upstream_tower_keys
+from models.encoders.skipthoughts import SkipThoughtText, missing_skipthought_files
+from models.registry import MODELS
+
+
+@dataclass(frozen=True)
+class AMFMNParams:
+    backbone: str = "resnet18"  # torchvision ResNet (upstream: resnet18)
+    resnet_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet weights, torchvision layout
+    skipthought_dir: str = "pretrained/skipthoughts"  # dictionary.txt, utable.npy, uni_skip.npz ("" = random)
+    image_size: int = 256  # must equal data.image_size (MVSA attention map is (image_size/16)^2)
+    dim_word: int = 620  # uni-skip word embedding size
+    dim_hidden: int = 2400  # uni-skip GRU hidden size
+    text_dropout: float = 0.25  # variational dropout inside the GRU (training)
+
+
+def check_assets(cfg: ModelCfg, p: Any, extra: list[str] | None = None) -> None:
+    """With ``cfg.pretrained``, raise ONE error naming every missing pretrained file (``extra``: more lines)."""
+    if not cfg.pretrained:
+        return
+    missing = []
+    if not p.resnet_weights or not Path(p.resnet_weights).is_file():
+        missing.append(f"{p.resnet_weights or '(model.params.resnet_weights unset)'} (ImageNet {p.backbone} "
+                       f"weights, torchvision layout; model.params.resnet_weights)")
+    if p.skipthought_dir:
+        missing += [f"{m}; model.params.skipthought_dir" for m in missing_skipthought_files(p.skipthought_dir)]
+    missing += extra or []
+    if missing:
+        raise FileNotFoundError("missing pretrained files:\n  " + "\n  ".join(missing) +
+                                "\nput them there, change the paths in model.params, or set model.pretrained=false")
+
+
+def text_tower(cfg: ModelCfg, p: Any, ctx: ModelContext) -> SkipThoughtText:
+    """The uni-skip text tower for a word vocabulary (error for sub-word tokenizers)."""
+    if not ctx.vocab_words:
+        raise ConfigError(f"model '{cfg.name}' needs a word vocabulary (data.tokenizer: vocab)")
+    return SkipThoughtText(list(ctx.vocab_words), cfg.embed_dim, p.dim_word, p.dim_hidden, p.text_dropout,
+                           p.skipthought_dir, cfg.pretrained and bool(p.skipthought_dir),
+                           upstream_lengths=cfg.upstream_compat)
+
+
+def gated_cosine(v: torch.Tensor, g: torch.Tensor, t: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """cos(v_i, g_i * t_j) for every pair without building [N, M, D].
+
+    Args:
+        v: images [N, D]; g: their gates [N, D]; t: captions [M, D].
+
+    Returns:
+        [N, M]; the denominator is clamped at ``eps`` as upstream's ``cosine_similarity``.
+    """
+    num = (v * g) @ t.t()
+    den = v.norm(dim=-1, keepdim=True) * ((g * g) @ (t * t).t()).clamp(min=0).sqrt()
+    return num / den.clamp(min=eps)
+
+
+@MODELS.register("amfmn")
+class AMFMN(RetrievalModel):
+    """AMFMN (module docstring). ``encode_image`` -> MVSA feature [N, D]; ``encode_text`` -> [M, D]."""
+
+    Params = AMFMNParams
+
+    def __init__(self, cfg: ModelCfg, params: AMFMNParams, ctx: ModelContext) -> None:
+        super().__init__()
+        check_assets(cfg, params)
+        self.p = params
+        self.image = MVSAImageTower(cfg.embed_dim, params.image_size, params.backbone, cfg.pretrained,
+                                    params.resnet_weights, normalize=False)
+        self.text = text_tower(cfg, params, ctx)
+        self.gate = nn.Linear(cfg.embed_dim, cfg.embed_dim)  # upstream cross_attention_s (soft_att)
+
+    def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Args: batch with images [N, 3, S, S]. Returns: [N, D] (not normalised: the gate reads its scale)."""
+        return self.image(batch["images"])[0]
+
+    def encode_text(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Args: batch with tokens [M, L], lengths [M]. Returns: [M, D]."""
+        return self.text(batch["tokens"], batch["lengths"])
+
+    def similarity(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
+        """Gated-text cosine. Args: [N, D], [M, D]. Returns: [N, M]."""
+        v, t = img_emb.float(), txt_emb.float()
+        return gated_cosine(v, torch.sigmoid(self.gate(v)), t)
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Returns: img_emb [B, D], txt_emb [B, D], sims [B, B] (the pairwise scores the triplet loss reads)."""
+        img, txt = self.encode_image(batch), self.encode_text(batch)
+        return {"img_emb": img, "txt_emb": txt, "sims": self.similarity(img, txt)}
+
+    def convert_upstream(self, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
+        """Map an upstream AMFMN state dict (keys as in upstream_keys/amfmn.txt) to this model."""
+        own = self.state_dict()
+        mapping = upstream_tower_keys("image.", own)
+        mapping.update(self.text.upstream_keys("text."))
+        mapping["gate.weight"] = "cross_attention_s.cross_attention.0.weight"
+        mapping["gate.bias"] = "cross_attention_s.cross_attention.0.bias"
+        converted = {k: state[u] for k, u in mapping.items() if u in state}
+        used = {mapping[k] for k in converted}
+        used |= {k for k in state if k.startswith("vgmf_gate.")}  # unused upstream module: read and dropped
+        return converted, used
