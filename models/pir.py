@@ -1,0 +1,220 @@
+"""``pir``: Prior Instruction Representation (PIR), METHODS.md C5.
+
+Paper: J. Pan, M. Ma, Q. Ma, C. Bai, S. Chen, "PIR: Remote Sensing Image-Text Retrieval with Prior Instruction
+Representation Learning", ACM MM 2023. Upstream: https://github.com/Zjut-MultimediaPlus/PIR-pytorch (X-VLM lineage).
+
+Towers: Swin-T (timm, ImageNet-22k weights from ``pretrained/swin_tiny_patch4_window7_224_22k.pth``), BERT-base
+(``pretrained/bert-base-uncased/`` with config.json, model.safetensors or pytorch_model.bin, vocab.txt) and a frozen
+AID ResNet-50 (``pretrained/aid_28-rsp-resnet-50-ckpt.pth``, RSP release). All three are user-provided local files.
+
+* VIR (image): Swin tokens (avg "CLS" + patches) -> ``vision_proj``; the ResNet GAP feature -> ``conv_proj``
+  (the prior). Tokens are scored by ``softmax(token · conv)`` and the top ``filter_size`` kept in score order;
+  ``instru_num`` rounds of self-attention and a cross block whose queries are ``mapping_img[i](conv)`` copied once
+  per kept token; ``img = norm(CLS + drop(head_img(X[0])))``.
+* LCA (text): BERT tokens -> ``text_proj``; ``cycle_num`` rounds of self-attention and a cross block whose queries
+  are ``mapping_txt[i]`` of the round's input; ``txt = norm(CLS + drop(head_txt(X[0])))``.
+* Learnable temperatures ``temp`` (InfoNCE) and ``temp2`` (affiliation loss), initialised to 0.07, returned by
+  ``forward``; the losses (``infonce`` multi-positive + ``affiliation``) live in losses/.
+
+Where rsitr differs from upstream (each a flag; ``model.upstream_compat: true`` restores upstream numerics):
+
+* BERT and the text attention blocks see the attention mask (upstream attends to padding; E). Compat: no mask.
+* The frozen ResNet is kept in eval mode so its BatchNorm statistics do not drift (D10; ``resnet_bn: train`` is
+  upstream's behaviour). The ResNet output is flattened, not squeezed (upstream breaks on batch size 1).
+* The best epoch is chosen on the validation split by the engine; upstream picked it on the test split (D2).
+  Upstream trains on one fixed JSON split, which equals SWAN's stratified split: ``data.protocol: fixed`` with
+  ``data.split_dir`` reproduces it exactly, ``stratified`` (the default here) draws an equivalent one.
+* ``upstream_attn_order``: the MCAN-style attention of SWAN's code base swaps q/k/v (models/encoders/sfgs.py);
+  whether PIR's blocks share it is unverified (METHODS.md E does not list it), so it is off, also under compat.
+
+Published checkpoints (``model.init_from: upstream:PATH``): every key of upstream_keys/pir.txt is placed by
+:meth:`PIR.convert_upstream` (Swin patch-merging keys shift one stage; ``conv_encoder.{0,1,4..7}`` are the
+torchvision ResNet children).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelCfg
+from models.base import ModelContext, RetrievalModel
+from models.encoders.bert import bert_tokens, build_bert
+from models.encoders.blocks import CrossBlock, SABlock
+from models.encoders.cnn import build_resnet, resnet_features
+from models.encoders.swin import build_swin, convert_swin_upstream, swin_tokens
+from models.registry import MODELS
+
+log = logging.getLogger(__name__)
+
+BERT_BASE_VOCAB = 30522
+_PIR_CONV = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+
+
+@dataclass(frozen=True)
+class TowerParams:
+    """Swin / BERT / ResNet settings shared by PIR and FISVL."""
+
+    swin_weights: str = "pretrained/swin_tiny_patch4_window7_224_22k.pth"  # Microsoft or timm Swin-T file
+    swin_img_size: int = 224  # input side the Swin is built for
+    swin_embed_dim: int = 96
+    swin_depths: tuple[int, ...] = (2, 2, 6, 2)
+    swin_heads: tuple[int, ...] = (3, 6, 12, 24)
+    swin_window: int = 7
+    swin_drop_path: float = 0.1  # stochastic depth (upstream 0.1)
+    bert_path: str = "pretrained/bert-base-uncased"  # local HF directory (config.json, weights, vocab.txt)
+    bert_vocab_size: int = 0  # random init only; 0 = ctx.vocab_size (30522 for bert-base-uncased)
+    bert_hidden: int = 768  # random init sizes (BERT-base defaults; tiny for tests)
+    bert_layers: int = 12
+    bert_heads: int = 12
+    bert_intermediate: int = 3072
+    bert_max_positions: int = 512
+    resnet_arch: str = "resnet50"  # AID ResNet-50 upstream; resnet18 for tiny tests
+    resnet_weights: str = "pretrained/aid_28-rsp-resnet-50-ckpt.pth"  # AID RSP (key "model") or torchvision file
+    finetune_resnet: bool = False  # upstream freezes the ResNet
+    resnet_bn: str = "eval"  # frozen ResNet BatchNorm: eval (rsitr) | train (upstream: statistics drift)
+    dropout: float = 0.2  # upstream dropout_r
+    temp: float = 0.07  # initial InfoNCE temperature
+    temp2: float = 0.07  # initial affiliation-loss temperature
+
+
+@dataclass(frozen=True)
+class PIRParams(TowerParams):
+    heads: int = 8  # attention heads of the VIR / LCA blocks
+    filter_size: int = 40  # Swin tokens kept by the prior scores
+    instru_num: int = 2  # VIR rounds
+    cycle_num: int = 3  # LCA rounds
+    text_mask: bool = True  # mask padding in BERT and LCA (upstream_compat: false)
+    upstream_attn_order: bool = False  # SWAN-style q/k/v mix-up in the blocks (unverified for PIR)
+
+
+class DualTowers(RetrievalModel):
+    """Swin + BERT + ResNet towers, projections and temperatures shared by PIR and FISVL."""
+
+    def _build_towers(self, cfg: ModelCfg, p: TowerParams, ctx: ModelContext) -> None:
+        if p.resnet_bn not in ("eval", "train"):
+            raise ValueError(f"model.params.resnet_bn must be eval or train, got '{p.resnet_bn}'")
+        self.p, self.compat = p, cfg.upstream_compat
+        self.vision_encoder = build_swin(cfg.pretrained, p.swin_weights, p.swin_img_size, p.swin_embed_dim,
+                                         p.swin_depths, p.swin_heads, p.swin_window, p.swin_drop_path)
+        vocab = p.bert_vocab_size or ctx.vocab_size or BERT_BASE_VOCAB
+        self.text_encoder = build_bert(cfg.pretrained, p.bert_path, vocab, p.bert_hidden, p.bert_layers,
+                                       p.bert_heads, p.bert_intermediate, p.bert_max_positions)
+        rows = self.text_encoder.config.vocab_size
+        if ctx.vocab_size > rows:
+            raise ValueError(f"the tokenizer has {ctx.vocab_size} ids but the BERT embedding has {rows} rows")
+        self.conv_encoder = build_resnet(p.resnet_arch, cfg.pretrained, p.resnet_weights,
+                                         f"AID/ImageNet {p.resnet_arch} weights (model.params.resnet_weights)")
+        conv_width = self.conv_encoder.fc.in_features
+        self.conv_encoder.fc = nn.Identity()  # classifier unused (upstream drops it too)
+        if not p.finetune_resnet:
+            self.conv_encoder.requires_grad_(False)
+        d = cfg.embed_dim
+        self.vision_proj = nn.Linear(self.vision_encoder.num_features, d)
+        self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, d)
+        self.conv_proj = nn.Linear(conv_width, d)
+        self.dropout_conv_proj = nn.Dropout(p.dropout)
+        self.temp = nn.Parameter(torch.tensor(p.temp))
+        self.temp2 = nn.Parameter(torch.tensor(p.temp2))
+
+    def train(self, mode: bool = True) -> "DualTowers":
+        super().train(mode)
+        if not self.p.finetune_resnet and self.p.resnet_bn == "eval":
+            self.conv_encoder.eval()  # frozen BatchNorm statistics must not drift (METHODS.md D10)
+        return self
+
+    def _resnet(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ResNet stages (no graph when frozen). Returns ``stem`` [B, 64, H/4, W/4] and ``gap`` [B, C]."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.p.finetune_resnet):
+            f = resnet_features(self.conv_encoder, images)
+        return {"stem": f["stem"], "gap": f["f4"].mean(dim=(2, 3))}
+
+    def _text_tokens(self, batch: Mapping[str, Any], use_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Projected BERT tokens [B, L, D] and the key mask [B, L] (None when padding is attended)."""
+        tokens = batch["tokens"]
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = (tokens != 0).long()
+        mask = mask.to(tokens.device) if use_mask else None
+        feats = self.text_proj(bert_tokens(self.text_encoder, tokens, mask))
+        return feats, (mask.bool() if mask is not None else None)
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """``img_emb`` [B, D], ``txt_emb`` [B, D] (unit norm), ``temp`` and ``temp2`` (scalars)."""
+        return {"img_emb": self.encode_image(batch), "txt_emb": self.encode_text(batch), "temp": self.temp,
+                "temp2": self.temp2}
+
+    def _convert_common(self, state: Mapping[str, torch.Tensor], skip: tuple[str, ...] = ()
+                        ) -> tuple[dict[str, torch.Tensor], set[str]]:
+        """Swin keys through the layout map; every other key whose name exists here is copied as is."""
+        out, used = convert_swin_upstream(state, "vision_encoder.", "vision_encoder.")
+        own = self.state_dict()
+        for key, value in state.items():
+            if key in used or key.startswith(skip):
+                continue
+            if key in own:
+                out[key] = value
+                used.add(key)
+        return out, used
+
+
+@MODELS.register("pir")
+class PIR(DualTowers):
+    """PIR: Swin + ResNet prior with VIR for images, BERT with LCA for text; cosine similarity."""
+
+    Params = PIRParams
+
+    def __init__(self, cfg: ModelCfg, params: PIRParams, ctx: ModelContext) -> None:
+        super().__init__()
+        self._build_towers(cfg, params, ctx)
+        d, h, p, order = cfg.embed_dim, params.heads, params, params.upstream_attn_order
+        self.mapping_img = nn.ModuleList([nn.Linear(d, d) for _ in range(p.instru_num)])
+        self.img_sa = nn.ModuleList([SABlock(d, h, p.dropout, order) for _ in range(p.instru_num)])
+        self.img_ca = nn.ModuleList([CrossBlock(d, h, p.dropout, order) for _ in range(p.instru_num)])
+        self.mapping_txt = nn.ModuleList([nn.Linear(d, d) for _ in range(p.cycle_num)])
+        self.txt_sa = nn.ModuleList([SABlock(d, h, p.dropout, order) for _ in range(p.cycle_num)])
+        self.txt_ca = nn.ModuleList([CrossBlock(d, h, p.dropout, order) for _ in range(p.cycle_num)])
+        self.head_img = nn.Linear(d, d)
+        self.head_txt = nn.Linear(d, d)
+        self.dropout_head_img = nn.Dropout(p.dropout)
+        self.dropout_head_txt = nn.Dropout(p.dropout)
+
+    def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """VIR. Args: batch with ``images`` [B, 3, H, W]. Returns: [B, D] unit norm."""
+        images = batch["images"]
+        tokens = self.vision_proj(swin_tokens(self.vision_encoder, images))  # [B, 1+N, D]
+        conv = self.dropout_conv_proj(self.conv_proj(self._resnet(images)["gap"]))  # [B, D]
+        k = min(self.p.filter_size, tokens.shape[1])
+        scores = torch.softmax((tokens @ conv.unsqueeze(-1)).squeeze(-1), dim=1)  # [B, 1+N]
+        idx = scores.topk(k, dim=1).indices  # sorted: highest prior score first
+        x = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        for i in range(self.p.instru_num):
+            x = self.img_sa[i](x)
+            query = self.mapping_img[i](conv).unsqueeze(1).expand(-1, k, -1)
+            x = self.img_ca[i](query, x)
+        return F.normalize(tokens[:, 0] + self.dropout_head_img(self.head_img(x[:, 0])), dim=-1)
+
+    def encode_text(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """LCA. Args: batch with ``tokens`` [B, L] (``attention_mask`` [B, L]). Returns: [B, D] unit norm."""
+        use_mask = self.p.text_mask and not self.compat
+        x, mask = self._text_tokens(batch, use_mask)
+        cls = x[:, 0]
+        for i in range(self.p.cycle_num):
+            prev = x
+            x = self.txt_sa[i](x, mask)
+            x = self.txt_ca[i](self.mapping_txt[i](prev), x, mask)
+        return F.normalize(cls + self.dropout_head_txt(self.head_txt(x[:, 0])), dim=-1)
+
+    def convert_upstream(self, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
+        """Map a PIR checkpoint (upstream_keys/pir.txt layout) to this model."""
+        out, used = self._convert_common(state, skip=("conv_encoder.",))
+        for key, value in state.items():
+            parts = key.split(".", 2)
+            if parts[0] == "conv_encoder" and len(parts) == 3 and parts[1] in _PIR_CONV:
+                out[f"conv_encoder.{_PIR_CONV[parts[1]]}.{parts[2]}"] = value
+                used.add(key)
+        return out, used
