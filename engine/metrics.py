@@ -1,0 +1,389 @@
+"""Retrieval metrics: R@K, medR, meanR, mR, rsum (METHODS.md A5) and SWAN's scene recall SRR@r.
+
+Pure tensor functions (no I/O). Every function takes an explicit ``txt2img`` map (caption j belongs to image
+``txt2img[j]``), so any number of captions per image works; there is no ``5 * i`` arithmetic.
+
+Definitions (A5). ``sim`` is ``[N_img, N_cap]``.
+
+- i2t: rank of image i = 0-based position, in row i sorted best-first, of its best-placed ground-truth caption.
+  Images with no caption have no rank and are left out of the i2t numbers (they stay candidates for t2i).
+- t2i: rank of caption j = 0-based position of image ``txt2img[j]`` in column j sorted best-first.
+- ``R@K = 100 * count(rank < K) / n_queries``; ``medR = floor(median(rank)) + 1`` (numpy median, so the mean of
+  the two middle ranks for an even count); ``meanR = mean(rank) + 1``; ``rsum`` = sum of the six recalls;
+  ``mR = rsum / 6`` (summed in the upstream order: t2i R1, R5, R10 then i2t R1, R5, R10).
+
+Tie rule (deterministic, the upstream one): the upstream code sorts with ``np.argsort(row)[::-1]``, i.e. an
+ascending sort reversed, so among equal scores the item with the HIGHER index comes first. Hence the rank of an
+item x in a line is ``#{y: s_y > s_x} + #{y: s_y == s_x and index(y) > index(x)}``. (Upstream's default numpy sort is
+not stable, so on ties upstream itself can differ by platform; this rule is what a stable sort gives.)
+
+Why no sort: a rank only needs a count, so the matrix is walked tile by tile and each tile costs two comparisons
+(one against a per-row threshold, one against a per-column threshold) and two matrix-vector sums. Ties with a
+higher index are folded into the threshold: ``s >= t`` equals ``s > nextafter(t, -inf)``, so a tile lying
+entirely on one side of the ground-truth index needs one comparison, and only the few tiles that hold a
+ground-truth pair get an exact, index-aware correction. Memory stays at a few tiles plus O(N_img + N_cap), which
+is what lets :func:`retrieval_metrics_from_embeddings` evaluate 50k x 250k without ever holding the matrix.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["retrieval_metrics", "retrieval_metrics_from_embeddings", "ranks_from_matrix", "metrics_from_ranks",
+           "scene_recall", "txt2img_from_counts", "txt2img_from_img2txt", "img2txt_from_txt2img"]
+
+DEFAULT_BLOCK = (512, 1024)  # matrix path: a float32 mask of this size stays in L2 cache
+EMB_BLOCK = (1024, 2048)  # embeddings path: large enough for an efficient GEMM
+TileFn = Callable[[int, int, int, int], Tensor]
+
+
+# ----------------------------------------------------------------------------------------------- ground-truth maps
+def txt2img_from_counts(counts: Sequence[int]) -> Tensor:
+    """Captions in image order: image i owns the next ``counts[i]`` captions.
+
+    Args:
+        counts: captions per image, length N_img (0 allowed).
+    Returns:
+        LongTensor [sum(counts)] with the image index of each caption.
+    """
+    c = torch.as_tensor(list(counts), dtype=torch.long)
+    if (c < 0).any():
+        raise ValueError("caption counts must be >= 0")
+    return torch.repeat_interleave(torch.arange(len(c)), c)
+
+
+def txt2img_from_img2txt(img2txt: Sequence[Sequence[int]], n_captions: int | None = None) -> Tensor:
+    """Invert an image -> caption-index list (e.g. a JSON list of lists); every caption must appear exactly once.
+
+    Args:
+        img2txt: entry i lists the caption indices of image i.
+        n_captions: expected number of captions (default: the number of listed indices).
+    Returns:
+        LongTensor [n_captions].
+    Raises:
+        ValueError: on a caption listed twice, an out-of-range index, or a caption that no image lists.
+    """
+    flat = [(int(c), i) for i, caps in enumerate(img2txt) for c in caps]
+    n = len(flat) if n_captions is None else int(n_captions)
+    out = torch.full((n,), -1, dtype=torch.long)
+    for c, i in flat:
+        if not 0 <= c < n:
+            raise ValueError(f"caption index {c} of image {i} is outside 0..{n - 1}")
+        if out[c] >= 0:
+            raise ValueError(f"caption {c} is listed for image {int(out[c])} and image {i}")
+        out[c] = i
+    missing = (out < 0).nonzero().flatten()
+    if len(missing):
+        raise ValueError(f"{len(missing)} caption(s) belong to no image (first: {missing[:5].tolist()})")
+    return out
+
+
+def img2txt_from_txt2img(txt2img: Tensor, n_images: int | None = None) -> list[list[int]]:
+    """The image -> captions lists of a caption -> image map (captions in increasing index order)."""
+    t = torch.as_tensor(txt2img).long().cpu()
+    n = int(t.max()) + 1 if n_images is None and len(t) else int(n_images or 0)
+    out: list[list[int]] = [[] for _ in range(n)]
+    for j, i in enumerate(t.tolist()):
+        out[i].append(j)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ rank engine
+def _check_map(txt2img: Tensor, n_img: int, n_cap: int, device: torch.device) -> Tensor:
+    t = torch.as_tensor(txt2img).to(device=device, dtype=torch.long)
+    if t.ndim != 1 or len(t) != n_cap:
+        raise ValueError(f"txt2img has shape {tuple(t.shape)}, expected ({n_cap},) (one entry per caption)")
+    if n_cap and (int(t.min()) < 0 or int(t.max()) >= n_img):
+        raise ValueError(f"txt2img holds image indices outside 0..{n_img - 1}")
+    return t
+
+
+def _best_gt(pair: Tensor, t2i: Tensor, n_img: int) -> tuple[Tensor, Tensor]:
+    """Per image: score and index of the best-placed GT caption (max score, ties -> higher index); -inf / -1 if none."""
+    g = torch.full((n_img,), float("-inf"), dtype=pair.dtype, device=pair.device)
+    g = g.scatter_reduce(0, t2i, pair, "amax", include_self=True)
+    cap = torch.arange(len(pair), device=pair.device)
+    cand = torch.where(pair == g[t2i], cap, torch.full_like(cap, -1))
+    b = torch.full((n_img,), -1, dtype=torch.long, device=pair.device).scatter_reduce(0, t2i, cand, "amax")
+    return g, b
+
+
+def _tile_bounds(keys: Tensor, n_tiles: int) -> tuple[Tensor, list[int]]:
+    """Sort items by tile key; return the order and the start offset of each tile (python list, length n+1)."""
+    order = torch.argsort(keys, stable=True)
+    bounds = torch.searchsorted(keys[order], torch.arange(n_tiles + 1, device=keys.device))
+    return order, bounds.tolist()
+
+
+class _RankCounter:
+    """Accumulates i2t / t2i rank counts over the tiles of an implicit [N_img, N_cap] score matrix."""
+
+    def __init__(self, t2i: Tensor, pair: Tensor, n_img: int, block: tuple[int, int], i2t: bool, t2i_dir: bool):
+        dev, n_cap = pair.device, len(pair)
+        self.R, self.C = block
+        self.n_cb = -(-n_cap // self.C)
+        n_tiles = -(-n_img // self.R) * self.n_cb
+        self.do_i2t, self.do_t2i = i2t, t2i_dir
+        self.t2i, self.gt = t2i, pair
+        self.gt_down = torch.nextafter(pair, torch.full_like(pair, float("-inf")))
+        g, b = _best_gt(pair, t2i, n_img)
+        self.has_cap = b >= 0
+        # Images without captions: threshold +inf, so they count nothing (their rank is dropped anyway).
+        self.g = torch.where(self.has_cap, g, torch.full_like(g, float("inf")))
+        self.b = torch.where(self.has_cap, b, torch.full_like(b, n_cap))
+        self.g_down = torch.nextafter(self.g, torch.full_like(self.g, float("-inf")))
+        cap = torch.arange(n_cap, device=dev)
+        self.pair_order, self.pair_bounds = _tile_bounds((t2i // self.R) * self.n_cb + cap // self.C, n_tiles)
+        img = torch.arange(n_img, device=dev)
+        self.row_order, self.row_bounds = _tile_bounds((img // self.R) * self.n_cb + self.b // self.C, n_tiles)
+        self.cnt_i = torch.zeros(n_img, dtype=torch.float64, device=dev)
+        self.cnt_t = torch.zeros(n_cap, dtype=torch.float64, device=dev)
+        self.mask = torch.empty(self.R * self.C, dtype=torch.float32, device=dev)
+        self.ones = torch.ones(max(self.R, self.C), dtype=torch.float32, device=dev)
+
+    def add(self, tile: Tensor, r0: int, c0: int) -> None:
+        """Count, for one tile ``S[r0:r0+h, c0:c0+w]``, the items placed before each ground truth."""
+        h, w = tile.shape
+        c1 = c0 + w
+        m = self.mask[: h * w].view(h, w)
+        if self.do_i2t:
+            # Tile right of the best GT index: ties are placed first (higher index) -> ">=" via nextafter.
+            thr = torch.where(self.b[r0:r0 + h] < c0, self.g_down[r0:r0 + h], self.g[r0:r0 + h])
+            torch.gt(tile, thr[:, None].to(tile.dtype), out=m)
+            self.cnt_i[r0:r0 + h] += torch.mv(m, self.ones[:w])
+        if self.do_t2i:
+            thr = torch.where(self.t2i[c0:c1] < r0, self.gt_down[c0:c1], self.gt[c0:c1])
+            torch.gt(tile, thr[None, :].to(tile.dtype), out=m)
+            self.cnt_t[c0:c1] += torch.mv(m.t(), self.ones[:h])
+        k = (r0 // self.R) * self.n_cb + c0 // self.C
+        if self.pair_bounds[k] < self.pair_bounds[k + 1]:
+            self._fix_pairs(tile, r0, c0, self.pair_order[self.pair_bounds[k]:self.pair_bounds[k + 1]])
+        if self.do_i2t and self.row_bounds[k] < self.row_bounds[k + 1]:
+            rows = self.row_order[self.row_bounds[k]:self.row_bounds[k + 1]]
+            rows = rows[self.has_cap[rows]]
+            sub = tile[rows - r0]
+            cols = torch.arange(c0, c1, device=tile.device)
+            tie = (sub == self.g[rows, None].to(tile.dtype)) & (cols[None, :] > self.b[rows, None])
+            self.cnt_i[rows] += tie.sum(1).double()
+
+    def _fix_pairs(self, tile: Tensor, r0: int, c0: int, cols: Tensor) -> None:
+        """Exact corrections in a tile holding ground-truth pairs (rows = txt2img[cols])."""
+        rows = self.t2i[cols]
+        vals = tile[rows - r0, cols - c0]
+        if self.do_t2i:
+            # The GT row sits inside this tile, so the fast pass used a strict ">"; add ties below the GT row and
+            # remove the GT pair itself (it may differ by an ulp from `gt` on the embeddings path).
+            gt = self.gt[cols].to(tile.dtype)
+            below = torch.arange(r0, r0 + tile.shape[0], device=tile.device)[:, None] > rows[None, :]
+            ties = ((tile[:, cols - c0] == gt[None, :]) & below).sum(0)
+            self.cnt_t[cols] += (ties - (vals > gt).long()).double()
+        if self.do_i2t:
+            # GT captions are never "before" the best GT; remove whatever the fast pass and the tie pass counted.
+            b, g = self.b[rows], self.g[rows].to(tile.dtype)
+            thr = torch.where(b < c0, self.g_down[rows].to(tile.dtype), g)
+            inside = (b >= c0) & (b < c0 + tile.shape[1])
+            counted = (vals > thr) | (inside & (cols > b) & (vals == g))
+            self.cnt_i.index_add_(0, rows, -counted.double())
+
+    def ranks(self) -> tuple[Tensor, Tensor]:
+        """(i2t ranks of the images that have captions, t2i ranks of all captions), 0-based LongTensors."""
+        return self.cnt_i[self.has_cap].round().long(), self.cnt_t.round().long()
+
+
+def _walk(tile_fn: TileFn, counter: _RankCounter, n_img: int, n_cap: int) -> None:
+    R, C = counter.R, counter.C
+    for r0 in range(0, n_img, R):
+        for c0 in range(0, n_cap, C):
+            counter.add(tile_fn(r0, min(r0 + R, n_img), c0, min(c0 + C, n_cap)), r0, c0)
+
+
+def _as_block(block: int | tuple[int, int]) -> tuple[int, int]:
+    r, c = (block, 2 * block) if isinstance(block, int) else block
+    if r < 1 or c < 1:
+        raise ValueError(f"block sizes must be >= 1, got {block}")
+    return int(r), int(c)
+
+
+def ranks_from_matrix(sim: Tensor, txt2img: Tensor, *, block: int | tuple[int, int] = DEFAULT_BLOCK,
+                      i2t: bool = True, t2i: bool = True) -> tuple[Tensor, Tensor]:
+    """0-based i2t and t2i ranks of a similarity matrix (tie rule in the module docstring).
+
+    Args:
+        sim: [N_img, N_cap] scores, float32/float64, CPU or CUDA; must be free of NaN/inf.
+        txt2img: LongTensor [N_cap], image index of each caption.
+        block: tile size (rows, cols), or an int r meaning (r, 2r).
+        i2t, t2i: which directions to count (the other comes back empty).
+    Returns:
+        (i2t ranks [N_img with >= 1 caption], t2i ranks [N_cap]), LongTensors on sim's device.
+    """
+    if sim.ndim != 2:
+        raise ValueError(f"sim must be 2-D [N_img, N_cap], got shape {tuple(sim.shape)}")
+    if not torch.isfinite(sim).all():
+        raise ValueError("sim contains NaN or inf")
+    n_img, n_cap = sim.shape
+    t = _check_map(txt2img, n_img, n_cap, sim.device)
+    pair = sim[t, torch.arange(n_cap, device=sim.device)]
+    counter = _RankCounter(t, pair, n_img, _as_block(block), i2t, t2i)
+    _walk(lambda r0, r1, c0, c1: sim[r0:r1, c0:c1], counter, n_img, n_cap)
+    ri, rt = counter.ranks()
+    empty = torch.empty(0, dtype=torch.long, device=sim.device)
+    return (ri if i2t else empty), (rt if t2i else empty)
+
+
+def _direction(name: str, ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
+    out = {f"{name}_R{k}": 100.0 * int((ranks < k).sum()) / len(ranks) if len(ranks) else 0.0 for k in ks}
+    out[f"{name}_medR"] = float(np.floor(np.median(ranks)) + 1) if len(ranks) else float("nan")
+    out[f"{name}_meanR"] = float(ranks.mean() + 1) if len(ranks) else float("nan")
+    return out
+
+
+def metrics_from_ranks(i2t_ranks: Tensor, t2i_ranks: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """The metric dict from 0-based ranks: ``{i2t,t2i}_R{k}``, ``mR``, ``rsum``, ``{i2t,t2i}_{medR,meanR}``."""
+    ri = torch.as_tensor(i2t_ranks).cpu().numpy().astype(np.float64)
+    rt = torch.as_tensor(t2i_ranks).cpu().numpy().astype(np.float64)
+    di, dt = _direction("i2t", ri, ks), _direction("t2i", rt, ks)
+    out = {f"{d}_R{k}": src[f"{d}_R{k}"] for d, src in (("i2t", di), ("t2i", dt)) for k in ks}
+    rsum = 0.0
+    for d in ("t2i", "i2t"):  # upstream order of the sum (matters in the last bit only)
+        for k in ks:
+            rsum += out[f"{d}_R{k}"]
+    out["mR"] = rsum / (2 * len(ks))
+    out["rsum"] = rsum
+    for key in ("i2t_medR", "t2i_medR", "i2t_meanR", "t2i_meanR"):
+        out[key] = (di if key.startswith("i2t") else dt)[key]
+    return out
+
+
+def retrieval_metrics(sim: Tensor, txt2img: Tensor, *, ks: Sequence[int] = (1, 5, 10),
+                      block: int | tuple[int, int] = DEFAULT_BLOCK, sim_t2i: Tensor | None = None) -> dict[str, float]:
+    """R@K / medR / meanR in both directions, plus mR and rsum (METHODS.md A5).
+
+    Args:
+        sim: [N_img, N_cap] similarity matrix (float32/float64, CPU or CUDA, finite).
+        txt2img: LongTensor [N_cap], image index of each caption (any number of captions per image).
+        ks: recall cut-offs.
+        block: tile size for the streaming count (memory: one float32 mask of that size).
+        sim_t2i: optional second [N_img, N_cap] matrix for the t2i direction (a rerank gives two matrices).
+    Returns:
+        Python floats: ``i2t_R{k}``, ``t2i_R{k}`` (percent), ``mR``, ``rsum``, ``i2t_medR``, ``t2i_medR``,
+        ``i2t_meanR``, ``t2i_meanR``.
+    """
+    if sim_t2i is None:
+        ri, rt = ranks_from_matrix(sim, txt2img, block=block)
+    else:
+        if sim_t2i.shape != sim.shape:
+            raise ValueError(f"sim_t2i has shape {tuple(sim_t2i.shape)}, sim {tuple(sim.shape)}")
+        ri, _ = ranks_from_matrix(sim, txt2img, block=block, t2i=False)
+        _, rt = ranks_from_matrix(sim_t2i, txt2img, block=block, i2t=False)
+    return metrics_from_ranks(ri, rt, ks)
+
+
+# ------------------------------------------------------------------------------------------------ embeddings path
+def _pair_scores(img: Tensor, txt: Tensor, t2i: Tensor, score_fn: Callable[[Tensor, Tensor], Tensor] | None,
+                 chunk: int = 8192) -> Tensor:
+    """Score of every ground-truth pair (txt2img[j], j), without forming the matrix."""
+    out = []
+    for c0 in range(0, len(txt), chunk):
+        a, b = img[t2i[c0:c0 + chunk]], txt[c0:c0 + chunk]
+        if score_fn is None:
+            out.append((a * b).sum(1))
+        else:  # a generic scorer only gives blocks: take the diagonals of small blocks
+            out.extend(torch.diagonal(score_fn(a[s:s + 256], b[s:s + 256])) for s in range(0, len(b), 256))
+    return torch.cat(out) if out else img.new_zeros(0)
+
+
+def retrieval_metrics_from_embeddings(img_emb: Tensor, txt_emb: Tensor, txt2img: Tensor, *,
+                                      score_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                                      ks: Sequence[int] = (1, 5, 10), block: int | tuple[int, int] = EMB_BLOCK,
+                                      device: str | torch.device | None = None) -> dict[str, float]:
+    """Metrics of ``S = score_fn(img_emb, txt_emb)`` computed tile by tile; S is never held in memory.
+
+    Each tile is scored once (one matmul) and feeds both directions. Ground-truth pair scores are computed
+    separately (a row-wise dot product, or diagonals of small blocks for a custom ``score_fn``); a ground-truth
+    pair is always excluded from its own count, so a last-bit difference between that value and the tile's value
+    cannot shift a rank. Only other items within that last bit of a ground-truth score could be ordered
+    differently than in the materialised matrix (exact for integer-valued or otherwise exactly representable
+    inputs).
+
+    Args:
+        img_emb: [N_img, D] image embeddings, used as given (normalise first for cosine).
+        txt_emb: [N_cap, D] caption embeddings.
+        txt2img: LongTensor [N_cap].
+        score_fn: ``(img_block [r, D], txt_block [c, D]) -> [r, c]``; default ``img_block @ txt_block.T``.
+        ks: recall cut-offs.
+        block: tile size (rows, cols).
+        device: where to compute (default: img_emb's device); embeddings are moved there once.
+    Returns:
+        The dict of :func:`retrieval_metrics`.
+    """
+    dev = torch.device(device) if device is not None else img_emb.device
+    img, txt = img_emb.to(dev), txt_emb.to(dev)
+    if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
+        raise ValueError(f"embeddings must be [N, D] and [M, D], got {tuple(img.shape)} and {tuple(txt.shape)}")
+    if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
+        raise ValueError("embeddings contain NaN or inf")
+    n_img, n_cap = len(img), len(txt)
+    t = _check_map(txt2img, n_img, n_cap, dev)
+    R, C = _as_block(block)
+    pair = _pair_scores(img, txt, t, score_fn)
+    counter = _RankCounter(t, pair, n_img, (R, C), True, True)
+    buf = torch.empty(R * C, dtype=img.dtype, device=dev)
+
+    def tile(r0: int, r1: int, c0: int, c1: int) -> Tensor:
+        if score_fn is not None:
+            return score_fn(img[r0:r1], txt[c0:c1])
+        # A reused output buffer: a fresh large tensor per tile would page-fault on every allocation.
+        return torch.mm(img[r0:r1], txt[c0:c1].t(), out=buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+
+    _walk(tile, counter, n_img, n_cap)
+    return metrics_from_ranks(*counter.ranks(), ks=ks)
+
+
+# ---------------------------------------------------------------------------------------------------- scene recall
+def _topr_mask(x: Tensor, r: int) -> Tensor:
+    """Bool [n, m]: the r best items of each row under the tie rule (equal scores: higher index first)."""
+    kth = torch.topk(x, r, dim=1).values[:, -1:]  # the values of topk are exact even when its tie order is not
+    above = x > kth
+    eq = x == kth
+    need = r - above.sum(1, keepdim=True)
+    from_right = eq.flip(1).cumsum(1).flip(1)  # 1 for the highest-index tied item, 2 for the next, ...
+    return above | (eq & (from_right <= need))
+
+
+def scene_recall(sim: Tensor, img_scenes: Tensor, txt2img: Tensor, rs: Sequence[int] = (1, 5, 10), *,
+                 block: int = 1024) -> dict[str, float]:
+    """SWAN's scene recall SRR@r (METHODS.md A5), in percent.
+
+    For each query, the fraction of its top-r results whose scene equals the query's scene, averaged over queries.
+    Captions inherit their image's scene; scene id -1 ("noneclass") is a scene like any other. The top-r set
+    follows the tie rule of this module (among equal scores the higher index is taken first).
+
+    Args:
+        sim: [N_img, N_cap] similarity matrix.
+        img_scenes: LongTensor [N_img], scene id of each image (-1 = no scene).
+        txt2img: LongTensor [N_cap].
+        rs: cut-offs r (clamped to the number of candidates).
+        block: queries per block (memory: block x N bool masks).
+    Returns:
+        ``i2t_SRR@r`` and ``t2i_SRR@r`` for each r.
+    """
+    n_img, n_cap = sim.shape
+    t = _check_map(txt2img, n_img, n_cap, sim.device)
+    scn_i = torch.as_tensor(img_scenes).to(device=sim.device, dtype=torch.long)
+    if scn_i.shape != (n_img,):
+        raise ValueError(f"img_scenes has shape {tuple(scn_i.shape)}, expected ({n_img},)")
+    scn_t = scn_i[t]
+    out: dict[str, float] = {}
+    for name, mat, q_scn, c_scn in (("i2t", sim, scn_i, scn_t), ("t2i", sim.t(), scn_t, scn_i)):
+        for r in rs:
+            rr = min(int(r), mat.shape[1])
+            hits = 0.0
+            for q0 in range(0, mat.shape[0], block):
+                sel = _topr_mask(mat[q0:q0 + block], rr)
+                same = c_scn[None, :] == q_scn[q0:q0 + block, None]
+                hits += float((sel & same).sum()) / rr
+            out[f"{name}_SRR@{r}"] = 100.0 * hits / mat.shape[0] if mat.shape[0] else 0.0
+    return out
