@@ -121,8 +121,9 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
     """Shuffled training loader over captions (one item per caption, ``drop_last``).
 
     The global ``data.batch_size`` is split over the processes. The sampler is an :class:`EpochSampler`
-    (a DistributedSampler with ``seed``); call ``loader.sampler.set_epoch(e)`` before epoch e. Data order and
-    augmentation depend only on (seed, epoch), in deterministic mode and otherwise alike.
+    (``data.samplers.GlobalBatchSampler`` with ``seed``; rank r takes the r-th slice of every global batch); call
+    ``loader.sampler.set_epoch(e)`` before epoch e. Data order and augmentation depend only on (seed, epoch), in
+    deterministic mode and otherwise alike.
 
     Args:
         bundle: from :func:`build_data` (needs ``bundle.train``).
@@ -134,16 +135,14 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
     if bundle.train is None:
         raise ValueError("train_loader needs a bundle built with the 'train' split")
     world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
-    if cfg.batch_size % world:
-        raise ConfigError(f"data.batch_size {cfg.batch_size} is not divisible by the {world} processes")
-    per_rank = cfg.batch_size // world
     dataset = CaptionTrainDataset(bundle.train, bundle.tokenizer, build_transform(cfg.transform, True, cfg.image_size),
                                   bundle.scene_ids(bundle.train), seed, cfg.word_deletion)
-    if len(dataset) // world < per_rank:
-        raise ConfigError(f"data.batch_size {cfg.batch_size} is larger than the {len(dataset)} training captions")
-    sampler = EpochSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    try:
+        sampler = EpochSampler(len(dataset), cfg.batch_size, seed=seed, rank=rank, world_size=world)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
+    return DataLoader(dataset, batch_size=sampler.local, sampler=sampler, drop_last=True,
                       collate_fn=TrainCollate(bundle.tokenizer), generator=generator, **_loader_kwargs(cfg))
 
 

@@ -1,11 +1,11 @@
 """torch Datasets, collate functions and the epoch-seeded sampler behind ``data/build.py``.
 
 Reproducibility: the training sampler yields ``(epoch, caption_index)`` pairs. The permutation of epoch ``e`` comes
-from ``torch.Generator().manual_seed(seed + e)`` (DistributedSampler semantics, also with one process), and the
+from ``torch.Generator().manual_seed(seed + e)`` (``data/samplers.py``, also with one process), and the
 random augmentation and word deletion of an item are seeded from ``(seed, epoch, caption_index)``. So the data of
 epoch ``e`` depends only on the seed and ``e``: a resumed run sees exactly the batches of an uninterrupted one, the
-result does not depend on ``num_workers``, and with N processes the union of the N local batches of step t is the
-single-process batch t (the DDP equality the engine tests).
+result does not depend on ``num_workers``, and with N processes the N local batches of step t, concatenated in rank
+order, are the single-process batch t, item for item and augmentation for augmentation (the DDP equality).
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from data.precomp import PrecompSplit
+from data.samplers import GlobalBatchSampler
 from data.tokenize import Tokenizer
 
 
@@ -42,15 +43,16 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int(state >> np.uint64(1))
 
 
-class EpochSampler(DistributedSampler):
-    """DistributedSampler that yields ``(epoch, index)`` so datasets can seed per-item randomness.
+class EpochSampler(GlobalBatchSampler):
+    """:class:`data.samplers.GlobalBatchSampler` that yields ``(epoch, index)`` so items can seed their randomness.
 
-    With ``num_replicas=1, rank=0`` it is the single-process sampler (no process group needed). ``set_epoch``
-    must be called before each epoch (the engine does); the order of epoch e depends only on ``seed`` and e.
+    ``set_epoch`` must be called before each epoch (the engine does); the order of epoch e depends only on ``seed``
+    and e, and with ``world_size`` processes rank r gets the r-th slice of every global batch.
     """
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        return ((self.epoch, int(i)) for i in super().__iter__())
+        epoch = self.epoch
+        return ((epoch, i) for i in super().__iter__())
 
 
 class CaptionTrainDataset(Dataset):
