@@ -1,0 +1,308 @@
+"""``kamcl``: knowledge-aided momentum contrastive learning (METHODS.md C4).
+
+Paper: Ji, Mei, et al., "Knowledge-Aided Momentum Contrastive Learning for Remote-Sensing Image Text Retrieval",
+IEEE TGRS 2023. Upstream: https://github.com/mcx-mcx/KAMCL (read for facts; this is rsitr's own code).
+
+Image (query encoder): ResNet-18 -> global = GPO over the f4 positions; low = GPO over the channels of
+[f1; up2(f2)] (each channel a token of (H/4)^2 values) -> Linear; high = spatial mean of [f3; up2(f4)] -> Linear;
+T = [global; low; high] (3 x D), GPO over [MLP(T); T] -> v; concept c_v = σ(Linear(v)); v <- v + c_v.
+Text: uni-skip GRU (every step) -> Linear -> per-word x; GPO over [x; MLP(x)] -> tanh; tag multi-hot m of the
+caption (its words in the tag vocabulary) -> Linear; GPO over [t; Linear(m)] -> t; c_t = σ(Linear(t)); t <- t + c_t.
+Momentum key encoders (full copies, θ_k <- m θ_k + (1 - m) θ_q before every step, :meth:`on_train_step_start`) and
+two FIFO queues of K keys (registered buffers, saved with the weights, so resume is exact). In training ``forward``
+computes the MoCo logits (``logits_img`` = [v_q·t_k, v_q·Q_txt] / T, ``logits_txt`` = [t_q·v_k, t_q·Q_img] / T) and
+then enqueues v_k and t_k. The loss (losses/kamcl.py + triplet hardest) is configured in ``configs/_base_/kamcl.yaml``.
+
+Files a user provides: ``pretrained/resnet18-f37072fd.pth`` (torchvision ImageNet ResNet-18), the skip-thought
+folder ``pretrained/skipthoughts/`` (``dictionary.txt``, ``utable.npy``, ``uni_skip.npz``), and the tag files made by
+``scripts/build_tags.py`` (``tags_path``, ``tag_vocab_path``).
+
+Where rsitr differs from upstream:
+
+* Tag targets are looked up by ``batch["filenames"]`` in a tag file keyed by filename (upstream used a row index
+  into a reshuffled split, so targets belonged to other images, D8).
+* The text GPO pools only the real words (upstream passes one length 2L for the whole batch, so padding is pooled
+  and a caption's embedding depends on its batch mates); ``upstream_compat: true`` restores it.
+* The queues take any batch size (wrap-around writes); upstream asserted K % B == 0.
+* Not kept: upstream's unused layers (``extract_feature.linear``, ``high_module.gpo``, the ResNet ``fc`` and the
+  top-level ``mlp``/``im``/``tx`` heads); :meth:`KAMCL.convert_upstream` consumes and drops them.
+* The queue still holds earlier keys of the same image (false negatives), as upstream.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelCfg
+from models.base import ModelContext, RetrievalModel
+from models.encoders.cnn import build_resnet, resnet_features
+from models.encoders.gpo import GPO
+from models.encoders.skipthoughts import UniSkip, missing_skipthought_files, upstream_uniskip_keys
+from models.registry import MODELS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KAMCLParams:
+    arch: str = "resnet18"  # torchvision ResNet; layer4 width must equal embed_dim
+    backbone_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet ResNet weights
+    skipthought_dir: str = "pretrained/skipthoughts"  # dictionary.txt, utable.npy, uni_skip.npz
+    tags_path: str = "data/rsitmd_precomp/tags_label_th_1.txt"  # scripts/build_tags.py output (keyed by filename)
+    tag_vocab_path: str = "data/rsitmd_precomp/tags_label_th_1/tag_vocab_512.json"  # tag words (<= embed_dim)
+    image_size: int = 256  # = data.image_size; sizes the low-level Linear ((image_size / 4)**2 inputs)
+    dim_word: int = 620  # skip-thought word size
+    dim_hidden: int = 2400  # skip-thought GRU size
+    text_dropout: float = 0.25  # skip-thought variational dropout
+    gpo_dim: int = 32  # GPO positional code / GRU size
+    queue_size: int = 8000  # K keys per queue
+    momentum: float = 0.999  # key encoder momentum m
+    temperature: float = 0.07  # MoCo temperature T
+    text_gpo_mask_pad: bool = True  # pool only real words (off under upstream_compat)
+
+
+def _mlp(dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())
+
+
+class VisualEncoder(nn.Module):
+    """KAMCL image encoder. Returns (v [B, D] incl. concept, c_v [B, D])."""
+
+    def __init__(self, p: KAMCLParams, dim: int, pretrained: bool) -> None:
+        super().__init__()
+        self.backbone = build_resnet(p.arch, pretrained, p.backbone_weights,
+                                     f"{p.arch} ImageNet weights (model.params.backbone_weights)")
+        self.backbone.fc = nn.Identity()  # the classifier never reaches an embedding
+        e = 4 if p.arch in ("resnet50", "resnet101") else 1
+        if 512 * e != dim:
+            raise ValueError(f"kamcl: the global feature has {512 * e} channels ({p.arch} layer4) but embed_dim is {dim}")
+        self.gpo_global = GPO(p.gpo_dim, p.gpo_dim)
+        self.low_gpo = GPO(p.gpo_dim, p.gpo_dim)
+        self.low_fc = nn.Linear((p.image_size // 4) ** 2, dim)
+        self.high_fc = nn.Linear(768 * e, dim)
+        self.mlp = _mlp(dim)
+        self.gpo = GPO(p.gpo_dim, p.gpo_dim)
+        self.concept = nn.Linear(dim, dim)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: images [B, 3, S, S]. Returns: (v [B, D], c_v [B, D])."""
+        f = resnet_features(self.backbone, images)
+        glob = self.gpo_global(f["f4"].flatten(2).transpose(1, 2))  # GPO over the f4 positions
+        lower = torch.cat([f["f1"], F.interpolate(f["f2"], scale_factor=2.0, mode="nearest")], dim=1)
+        if lower.shape[-1] ** 2 != self.low_fc.in_features:
+            raise ValueError(f"kamcl: images give a {tuple(lower.shape[-2:])} low-level map but the model was built "
+                             f"for model.params.image_size={int(self.low_fc.in_features ** 0.5) * 4}")
+        low = self.low_fc(self.low_gpo(lower.flatten(2)))  # GPO over the channels, each a token of H*W values
+        # mean of [f3; up2(f4)]: nearest 2x upsampling repeats every value 4 times, so its mean is f4's mean
+        high = self.high_fc(torch.cat([f["f3"].mean(dim=(2, 3)), f["f4"].mean(dim=(2, 3))], dim=1))
+        t = torch.stack([glob, low, high], dim=1)  # [B, 3, D]
+        v = self.gpo(torch.cat([self.mlp(t), t], dim=1))
+        c = torch.sigmoid(self.concept(v))
+        return v + c, c
+
+
+class TextEncoder(nn.Module):
+    """KAMCL text encoder. Returns (t [B, D] incl. concept, c_t [B, D])."""
+
+    def __init__(self, p: KAMCLParams, dim: int, vocab_words: list[str], pretrained: bool, mask_pad: bool) -> None:
+        super().__init__()
+        self.mask_pad = mask_pad
+        self.uniskip = UniSkip(vocab_words, p.dim_word, p.dim_hidden, p.text_dropout, p.skipthought_dir, pretrained)
+        self.to_out = nn.Linear(p.dim_hidden, dim)
+        self.mlp = _mlp(dim)
+        self.gpo_seq = GPO(p.gpo_dim, p.gpo_dim)
+        self.tag_linear = nn.Linear(dim, dim)
+        self.gpo = GPO(p.gpo_dim, p.gpo_dim)
+        self.concept = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, multi_hot: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: tokens [B, L] (L = longest caption), lengths [B], multi_hot [B, D]. Returns: (t, c_t), [B, D] each."""
+        x = self.to_out(self.uniskip(tokens, lengths)[1])  # every step [B, L, D]
+        b, L, d = x.shape
+        # interleave words and their MLP outputs so the 2 len real elements come first (GPO ignores the order)
+        seq = torch.stack([x, self.mlp(x)], dim=2).reshape(b, 2 * L, d)
+        n = 2 * lengths if self.mask_pad else torch.full_like(lengths, 2 * L)
+        t = torch.tanh(self.gpo_seq(seq, n))
+        t = self.gpo(torch.stack([t, self.tag_linear(multi_hot)], dim=1))
+        c = torch.sigmoid(self.concept(t))
+        return t + c, c
+
+
+@MODELS.register("kamcl")
+class KAMCL(RetrievalModel):
+    """KAMCL dual encoder with momentum key encoders and queues (cosine similarity of the query encoders)."""
+
+    Params = KAMCLParams
+
+    def __init__(self, cfg: ModelCfg, params: KAMCLParams, ctx: ModelContext) -> None:
+        super().__init__()
+        if ctx.vocab_size <= 1 or ctx.vocab_words is None:
+            raise ValueError("kamcl needs a word vocabulary (data.tokenizer: vocab)")
+        if cfg.pretrained:
+            _check_files(params)
+        dim, self.p = cfg.embed_dim, params
+        self.visual_q = VisualEncoder(params, dim, cfg.pretrained)
+        self.text_q = TextEncoder(params, dim, ctx.vocab_words, cfg.pretrained,
+                                  params.text_gpo_mask_pad and not cfg.upstream_compat)
+        self.visual_k = copy.deepcopy(self.visual_q).requires_grad_(False)
+        self.text_k = copy.deepcopy(self.text_q).requires_grad_(False)
+        for name in ("im", "tx"):
+            self.register_buffer(f"queue_{name}", F.normalize(torch.randn(dim, params.queue_size), dim=0))
+            self.register_buffer(f"queue_ptr_{name}", torch.zeros(1, dtype=torch.long))
+        tag_words, self.tag_targets = load_tags(params, dim)
+        # caption word id -> tag index (-1: not a tag); a buffer, so checkpoints carry the tag vocabulary
+        index = {w: i for i, w in enumerate(tag_words)}
+        self.register_buffer("token_to_tag", torch.tensor([-1] + [index.get(w, -1) for w in ctx.vocab_words]))
+
+    # ----------------------------------------------------------------------------------------------- encoders
+    def tag_multi_hot(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Args: tokens [B, L]. Returns: float [B, D], 1 where a caption word is tag j."""
+        tags = self.token_to_tag[tokens.clamp(0, self.token_to_tag.shape[0] - 1)]
+        out = torch.zeros(tokens.shape[0], self.queue_im.shape[0] + 1, device=tokens.device)
+        out.scatter_(1, torch.where(tags >= 0, tags, out.shape[1] - 1), 1.0)  # non-tags go to a spare column
+        return out[:, :-1]
+
+    def _text_inputs(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lengths = batch["lengths"].clamp(min=1)
+        tokens = batch["tokens"][:, :int(lengths.max())]
+        return tokens, lengths, self.tag_multi_hot(tokens)
+
+    def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Args: batch["images"] [N, 3, S, S]. Returns: [N, D] (query encoder)."""
+        return self.visual_q(batch["images"])[0]
+
+    def encode_text(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Args: batch["tokens"] [M, L], batch["lengths"] [M]. Returns: [M, D] (query encoder)."""
+        return self.text_q(*self._text_inputs(batch))[0]
+
+    # ----------------------------------------------------------------------------------------------- training
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Training outputs: img_emb, txt_emb, concept_img, concept_txt [B, D]; in training mode also
+        logits_img, logits_txt [B, 1 + K] (already / T) and tag_target [B, D]; the keys are then enqueued."""
+        text = self._text_inputs(batch)
+        v, cv = self.visual_q(batch["images"])
+        t, ct = self.text_q(*text)
+        out = {"img_emb": v, "txt_emb": t, "concept_img": cv, "concept_txt": ct}
+        if not self.training:
+            return out
+        out["tag_target"] = self.tag_target(batch["filenames"]).to(v.device)
+        with torch.no_grad():
+            vk = F.normalize(self.visual_k(batch["images"])[0].float(), dim=-1)
+            tk = F.normalize(self.text_k(*text)[0].float(), dim=-1)
+        vq, tq = F.normalize(v.float(), dim=-1), F.normalize(t.float(), dim=-1)
+        out["logits_img"] = torch.cat([(vq * tk).sum(-1, keepdim=True), vq @ self.queue_tx.clone()], 1) / self.p.temperature
+        out["logits_txt"] = torch.cat([(tq * vk).sum(-1, keepdim=True), tq @ self.queue_im.clone()], 1) / self.p.temperature
+        self.enqueue("im", vk)
+        self.enqueue("tx", tk)
+        return out
+
+    def tag_target(self, filenames: list[str]) -> torch.Tensor:
+        """Per-image tag targets [B, D] (count / max count of the image's tags; zeros for unknown images)."""
+        zero = torch.zeros(self.queue_im.shape[0])
+        return torch.stack([self.tag_targets.get(Path(f).name, zero) for f in filenames])
+
+    @torch.no_grad()
+    def enqueue(self, name: str, keys: torch.Tensor) -> None:
+        """Write ``keys`` [B, D] into queue ``name`` (``im``/``tx``) at its pointer, wrapping around; advance it."""
+        queue, ptr = getattr(self, f"queue_{name}"), getattr(self, f"queue_ptr_{name}")
+        k = queue.shape[1]
+        keys = keys[-k:]  # a batch larger than the queue keeps its last K keys
+        idx = (int(ptr) + torch.arange(keys.shape[0], device=queue.device)) % k
+        queue[:, idx] = keys.t().to(queue.dtype)
+        ptr[0] = (int(ptr) + keys.shape[0]) % k
+
+    @torch.no_grad()
+    def on_train_step_start(self) -> None:
+        """Momentum update of the key encoders: θ_k <- m θ_k + (1 - m) θ_q (parameters only, as upstream)."""
+        m = self.p.momentum
+        for q, k in ((self.visual_q, self.visual_k), (self.text_q, self.text_k)):
+            for pq, pk in zip(q.parameters(), k.parameters()):
+                pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
+
+    # ----------------------------------------------------------------------------------------------- upstream
+    def convert_upstream(self, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
+        """Map a KAMCL state dict (``upstream_keys/kamcl.txt``) to this model."""
+        return convert_kamcl_upstream(state)
+
+
+def convert_kamcl_upstream(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Upstream KAMCL keys -> rsitr keys (see the module docstring for the dropped ones)."""
+    out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    vis = {"extract_feature.resnet.": "backbone.", "extract_feature.gpo.": "gpo_global.", "low_module.gpo.": "low_gpo.",
+           "low_module.fc.": "low_fc.", "high_module.fc.": "high_fc.", "mlp.": "mlp.", "gpo.": "gpo.",
+           "im.0.": "concept."}
+    txt = {"text_feature.to_out.": "to_out.", "text_feature.mlp.": "mlp.", "text_feature.gpo.": "gpo_seq.",
+           "tx.0.": "concept.", "gpo.": "gpo.", "linear.": "tag_linear."}
+    dropped = ("extract_feature.resnet.fc.", "extract_feature.linear.", "high_module.gpo.")
+    plan = []
+    for src, dst in (("visualmodelQ.", "visual_q."), ("visualmodelK.", "visual_k.")):
+        plan += [(src + d, None) for d in dropped] + [(src + a, dst + b) for a, b in vis.items()]
+    for src, dst in (("textmodelQ.", "text_q."), ("textmodelK.", "text_k.")):
+        plan += [(src + a, dst + b) for a, b in txt.items()]
+        for own, up in upstream_uniskip_keys(f"{src}text_feature.seq2vec.", f"{dst}uniskip.").items():
+            if up in state:
+                out[own] = state[up]
+                used.add(up)
+    plan += [(k, k) for k in ("queue_im", "queue_ptr_im", "queue_tx", "queue_ptr_tx")]
+    plan += [(k, None) for k in ("mlp.", "im.", "tx.")]  # top-level heads upstream defines but never calls
+    for key, value in state.items():
+        if key in used:
+            continue
+        for src, dst in plan:
+            if key == src or (src.endswith(".") and key.startswith(src)):
+                if dst is not None:
+                    out[dst + key[len(src):]] = value
+                used.add(key)
+                break
+    return out, used
+
+
+def load_tags(p: KAMCLParams, dim: int) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Read the tag vocabulary and the per-image targets (count / max count over the image's listed words).
+
+    Returns ([], {}) with a warning when the files are absent (pretrained=false builds and unit tests).
+    """
+    vocab_path, tags_path = Path(p.tag_vocab_path), Path(p.tags_path)
+    if not vocab_path.is_file() or not tags_path.is_file():
+        log.warning("kamcl: tag files not found (%s, %s); the tag multi-hot and concept targets are all zero; "
+                    "build them with scripts/build_tags.py", vocab_path, tags_path)
+        return [], {}
+    words = json.loads(vocab_path.read_text())[:dim]
+    index = {w: i for i, w in enumerate(words)}
+    targets: dict[str, torch.Tensor] = {}
+    for line in tags_path.read_text(encoding="utf-8").splitlines():
+        name, _, rest = line.partition("\t")
+        pairs = [x.rsplit(":", 1) for x in rest.split()]
+        y = torch.zeros(dim)
+        if pairs:
+            top = max(float(c) for _, c in pairs)
+            for w, c in pairs:
+                if w in index:
+                    y[index[w]] = float(c) / top
+        targets[name.strip()] = y
+    return words, targets
+
+
+def _check_files(p: KAMCLParams) -> None:
+    """Raise one error naming every missing pretrained / tag file."""
+    missing = []
+    if not p.backbone_weights or not Path(p.backbone_weights).is_file():
+        missing.append(f"{p.backbone_weights or '(model.params.backbone_weights unset)'} ({p.arch} ImageNet weights, "
+                       f"torchvision resnet18-f37072fd.pth)")
+    missing += missing_skipthought_files(p.skipthought_dir)
+    for path, what in ((p.tags_path, "per-image tags"), (p.tag_vocab_path, "tag vocabulary")):
+        if not Path(path).is_file():
+            missing.append(f"{path} ({what}; make it with scripts/build_tags.py)")
+    if missing:
+        raise FileNotFoundError("kamcl: missing files:\n  " + "\n  ".join(missing) +
+                                "\n(or use model.pretrained=false for random init)")

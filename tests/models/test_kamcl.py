@@ -1,0 +1,185 @@
+"""KAMCL: tiny forward/backward, MoCo logits, momentum update and queue arithmetic, filename-keyed tag targets,
+text padding (fixed vs compat) and bit-exact queue state through a checkpoint round trip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.config import load_config
+from losses import build_criterion
+from models.base import ModelContext
+from models.registry import build_model
+from scripts.build_tags import build_tags
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = ["plane", "airport", "green", "trees", "river", "road", "many", "buildings", "<unk>"]
+CAPS = {"airport_1.png": ["many planes near the airport", "a plane and a plane", "the airport has a plane",
+                          "plane plane airport", "green trees"],
+        "river_2.png": ["a river and a road", "the river near green trees", "green trees and a river",
+                        "road road river", "many buildings"]}
+
+
+@pytest.fixture(scope="module")
+def tags(tmp_path_factory) -> list[str]:
+    d = tmp_path_factory.mktemp("precomp")
+    (d / "train_caps.txt").write_text("\n".join(c for caps in CAPS.values() for c in caps) + "\n")
+    (d / "train_filename.txt").write_text("\n".join(CAPS) + "\n")
+    tag_file, vocab = build_tags(d, d, WORDS, size=512)
+    return [f"model.params.tags_path={tag_file}", f"model.params.tag_vocab_path={vocab}"]
+
+
+def _ctx() -> ModelContext:
+    return ModelContext(vocab_words=WORDS, vocab_size=len(WORDS) + 1)
+
+
+def _build(overrides: list[str], seed: int = 0):
+    cfg = load_config(ROOT / "configs/tests/tiny_kamcl.yaml", overrides)
+    torch.manual_seed(seed)
+    return cfg, build_model(cfg.model, _ctx())
+
+
+def _batch(b: int = 4) -> dict:
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([4, 2, 3, 1][:b])
+    tokens = torch.zeros(b, 5, dtype=torch.long)
+    for i, n in enumerate(lengths.tolist()):
+        tokens[i, :n] = torch.randint(1, len(WORDS) + 1, (n,), generator=g)
+    return {"images": torch.randn(b, 3, 64, 64, generator=g), "tokens": tokens, "lengths": lengths,
+            "img_ids": torch.arange(b), "filenames": ["airport_1.png", "river_2.png", "x_9.png", "airport_1.png"][:b]}
+
+
+def test_tiny_forward_backward_and_loss_terms(tags) -> None:
+    cfg, model = _build(tags)
+    model.train()
+    batch = _batch()
+    model.on_train_step_start()
+    out = model(batch)
+    assert out["logits_img"].shape == (4, 1 + 256) and out["concept_img"].shape == (4, 512)
+    crit = build_criterion(cfg.loss)
+    assert crit.active(1) == ["triplet", "moco_ce"] and crit.active(2) == ["triplet", "moco_ce", "concept_bce"]
+    res = crit(out, batch, epoch=2)
+    res["loss"].backward()
+    named = dict(model.named_parameters())
+    for name in ("visual_q.backbone.conv1.weight", "visual_q.low_fc.weight", "visual_q.concept.weight",
+                 "text_q.uniskip.cell.weight_hr.weight", "text_q.tag_linear.weight", "text_q.gpo_seq.linear.weight"):
+        assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
+    assert all(p.grad is None for n, p in named.items() if n.startswith(("visual_k.", "text_k.")))
+
+
+def test_moco_logits_and_enqueue_after_logits(tags) -> None:
+    _, model = _build(tags)
+    model.train()
+    q_tx, q_im = model.queue_tx.clone(), model.queue_im.clone()
+    batch = _batch()
+    torch.manual_seed(5)
+    out = model(batch)
+    # recompute the keys with the same dropout draws: key encoders run after the queries in forward
+    vq, tq = F.normalize(out["img_emb"], dim=-1), F.normalize(out["txt_emb"], dim=-1)
+    vk, tk = model.queue_im[:, :4].t(), model.queue_tx[:, :4].t()  # the keys that were just enqueued
+    expect = torch.cat([(vq * tk).sum(-1, keepdim=True), vq @ q_tx], 1) / 0.07
+    torch.testing.assert_close(out["logits_img"], expect.detach(), rtol=1e-4, atol=1e-4)
+    expect_t = torch.cat([(tq * vk).sum(-1, keepdim=True), tq @ q_im], 1) / 0.07
+    torch.testing.assert_close(out["logits_txt"], expect_t.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.queue_im[:, 4:], q_im[:, 4:])  # only the first 4 slots changed
+    torch.testing.assert_close(vk.norm(dim=-1), torch.ones(4))
+    assert int(model.queue_ptr_im) == 4 and int(model.queue_ptr_tx) == 4
+
+
+def test_eval_forward_leaves_the_queues_alone(tags) -> None:
+    _, model = _build(tags)
+    model.eval()
+    before = model.queue_im.clone()
+    with torch.no_grad():
+        out = model(_batch())
+    assert "logits_img" not in out and torch.equal(model.queue_im, before) and int(model.queue_ptr_im) == 0
+
+
+def test_queue_wraps_around() -> None:
+    _, model = _build(["model.params.queue_size=5"])
+    keys = torch.arange(3 * 512, dtype=torch.float).view(3, 512)
+    model.queue_ptr_im[0] = 3
+    model.enqueue("im", keys)  # slots 3, 4, 0
+    assert int(model.queue_ptr_im) == 1
+    torch.testing.assert_close(model.queue_im[:, 3], keys[0])
+    torch.testing.assert_close(model.queue_im[:, 4], keys[1])
+    torch.testing.assert_close(model.queue_im[:, 0], keys[2])
+    big = -torch.arange(7 * 512, dtype=torch.float).view(7, 512)
+    model.enqueue("im", big)  # more keys than slots: the last 5 are kept, written from slot 1
+    assert int(model.queue_ptr_im) == 1
+    for j in range(5):
+        torch.testing.assert_close(model.queue_im[:, (1 + j) % 5], big[2 + j])
+
+
+def test_momentum_update_arithmetic() -> None:
+    _, model = _build(["model.params.momentum=0.9"])
+    pq = model.visual_q.concept.weight
+    pk = model.visual_k.concept.weight
+    with torch.no_grad():
+        pq.fill_(1.0)
+        pk.fill_(3.0)
+        model.text_q.to_out.bias.fill_(-2.0)
+        model.text_k.to_out.bias.fill_(0.0)
+    model.on_train_step_start()
+    torch.testing.assert_close(pk, torch.full_like(pk, 0.9 * 3 + 0.1 * 1))
+    torch.testing.assert_close(model.text_k.to_out.bias, torch.full((512,), -0.2))
+    torch.testing.assert_close(pq, torch.ones_like(pq))  # the query side is untouched
+    bn_q, bn_k = model.visual_q.backbone.bn1, model.visual_k.backbone.bn1
+    assert bn_k.running_mean is not bn_q.running_mean  # buffers are the key encoder's own (not averaged)
+
+
+def test_tag_targets_are_looked_up_by_filename(tags) -> None:
+    _, model = _build(tags)
+    y = model.tag_target(["river_2.png", "airport_1.png", "unknown.png", "/some/dir/river_2.png"])
+    tag_words = [w for w in WORDS if model.token_to_tag[WORDS.index(w) + 1] >= 0]
+    col = {w: int(model.token_to_tag[WORDS.index(w) + 1]) for w in tag_words}
+    # river_2: river x4 is the most frequent word ("a" x3); road 3 -> 0.75, green 2 -> 0.5, trees 2 -> 0.5;
+    # "many"/"buildings" appear once (threshold: counts > 1) -> 0
+    assert y[0, col["river"]] == 1.0 and y[0, col["road"]] == 0.75 and y[0, col["green"]] == 0.5
+    assert y[0, col["trees"]] == 0.5 and ("many" not in col or y[0, col["many"]] == 0)
+    # airport_1: "plane" x5 is the max ("planes" is another word); airport x3 -> 0.6
+    assert y[1, col["plane"]] == 1.0 and abs(float(y[1, col["airport"]]) - 0.6) < 1e-6
+    assert y[2].abs().sum() == 0 and torch.equal(y[3], y[0])
+
+
+def test_text_padding_masked_unless_compat(tags) -> None:
+    b = _batch()
+    wide = {"tokens": torch.cat([b["tokens"], torch.zeros(4, 6, dtype=torch.long)], 1), "lengths": b["lengths"]}
+    _, model = _build(tags)
+    model.eval()
+    with torch.no_grad():
+        full, alone = model.encode_text(b), model.encode_text({"tokens": b["tokens"][3:], "lengths": b["lengths"][3:]})
+        torch.testing.assert_close(model.encode_text(wide), full)
+    torch.testing.assert_close(alone, full[3:], rtol=1e-5, atol=1e-5)  # independent of the batch's longest caption
+    _, compat = _build(tags + ["model.upstream_compat=true"])
+    compat.eval()
+    with torch.no_grad():
+        c_full = compat.encode_text(b)
+        c_alone = compat.encode_text({"tokens": b["tokens"][3:], "lengths": b["lengths"][3:]})
+    assert not torch.allclose(c_alone, c_full[3:], atol=1e-4)  # upstream pools the padding steps too
+
+
+def test_multi_hot_marks_caption_tags(tags) -> None:
+    _, model = _build(tags)
+    tokens = torch.tensor([[1, 2, 1, 0], [9, 0, 0, 0]])  # plane airport plane | <unk>
+    m = model.tag_multi_hot(tokens)
+    cols = {int(model.token_to_tag[1]), int(model.token_to_tag[2])}
+    assert set(torch.nonzero(m[0]).flatten().tolist()) == cols and m[1].sum() == 0
+
+
+def test_queue_state_round_trips_bit_exact(tags, tmp_path: Path) -> None:
+    _, model = _build(tags)
+    model.train()
+    for _ in range(2):
+        model.on_train_step_start()
+        model(_batch())
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": model.state_dict()}, path)
+    _, fresh = _build(tags, seed=123)
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    fresh.load_state_dict(state)
+    for name in ("queue_im", "queue_tx", "queue_ptr_im", "queue_ptr_tx", "visual_k.concept.weight", "token_to_tag"):
+        assert torch.equal(fresh.state_dict()[name], model.state_dict()[name]), name
+    assert int(fresh.queue_ptr_im) == 8
