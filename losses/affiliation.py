@@ -4,7 +4,7 @@ For every sample i the scene centres are weighted means over the batch,
 
     c^img_i = Σ_k W_ik v_k / Σ_k W_ik,   c^txt_i likewise with t_k,   W_ik = 1[scene_i = scene_k] + eps,
 
-(upstream adds eps = 6e-5 to the same-scene mask, so other scenes leak in with a tiny weight), and
+(upstream adds eps = 6e-5 to the whole same-scene mask, so other scenes leak in with a tiny weight), and
 
     L = ½ [ CE_j(v_i · c^txt_j / τ₂; target i) + CE_j(t_i · c^img_j / τ₂; target i) ],
 
