@@ -134,6 +134,9 @@ def load_clip_weights(model: torch.nn.Module, path: str | Path) -> None:
     resize_pos_embed(state, model)
     resize_text_pos_embed(state, model)
     own = model.state_dict()
+    # non-persistent buffers (the causal attn_mask) appear in traced TorchScript state dicts: not weights, drop them
+    transient = {n for n, _ in model.named_buffers()} - set(own)
+    state = {k: v for k, v in state.items() if k not in transient}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
