@@ -1,0 +1,172 @@
+"""One paper-style results table across methods and datasets, from the runs' summary files.
+
+    python scripts/results_table.py checkpoints/ [more paths ...] [--format md|csv] [--out table.md]
+
+Every path is searched recursively for ``summary.json`` (written by ``train.py --folds all``) and for single-fold
+runs ``fold<k>/test.json`` that no ``summary.json`` above them covers. Each run gives one row per rerank setting:
+columns R@1/5/10 image->text and text->image and mR, as mean +- sample std over the folds (std as
+``engine/summary.py``: ``statistics.stdev``, 0 for one fold).
+
+Rerank: a fold record whose ``rerank`` entry holds metrics (``{"mR": ..., ...}``) adds a reranked row; a record
+whose ``rerank`` entry only names the method (``{"name": "galr", "k": ...}``, as ``test.py --rerank`` writes) is
+itself reranked. Exit code 2 with one line on bad input.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+
+import yaml  # noqa: E402
+
+KEYS = ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "mR")
+HEAD = ("I->T R@1", "I->T R@5", "I->T R@10", "T->I R@1", "T->I R@5", "T->I R@10", "mR")
+
+
+class TableError(ValueError):
+    """Bad input (one line)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="run folders, checkpoint roots or summary.json/test.json files")
+    p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--digits", type=int, default=2, help="decimals in the md table (csv keeps 4)")
+    return p.parse_args(argv)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TableError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise TableError(f"{path}: expected a JSON object")
+    return data
+
+
+def find_files(paths: list[str]) -> list[Path]:
+    """summary.json files plus the fold*/test.json files not covered by one, sorted, without duplicates."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise TableError(f"path not found: {p}")
+        if p.is_file():
+            found.add(p.resolve())
+            continue
+        found.update(q.resolve() for q in p.rglob("summary.json"))
+        found.update(q.resolve() for q in p.rglob("test.json") if q.parent.name.startswith("fold"))
+    summaries = {q.parent for q in found if q.name == "summary.json"}
+    keep = [q for q in found if q.name == "summary.json" or not any(s in q.parents for s in summaries)]
+    return sorted(keep)
+
+
+def _split_rerank(rec: dict) -> dict[str, dict]:
+    """{rerank label: metrics} of one fold record (see module docstring)."""
+    rr = rec.get("rerank")
+    if isinstance(rr, dict) and "mR" in rr:
+        return {"off": rec, str(rr.get("name", "on")): rr}
+    if isinstance(rr, dict):
+        return {str(rr.get("name", "on")): rec}
+    if isinstance(rr, str) and rr != "none":
+        return {rr: rec}
+    return {"off": rec}
+
+
+def _dataset_of(fold_dir: Path) -> str:
+    cfg = fold_dir / "config.yaml"
+    if cfg.is_file():
+        data = yaml.safe_load(cfg.read_text()) or {}
+        return str((data.get("data") or {}).get("dataset", "?"))
+    return "?"
+
+
+def load_runs(files: list[Path]) -> list[dict]:
+    """One entry per (run, rerank): {experiment, method, dataset, rerank, folds: [metric dicts]}."""
+    runs = []
+    for f in files:
+        data = _read_json(f)
+        if f.name == "summary.json" or "folds" in data:  # test.py --run-dir --json files carry folds too
+            folds = data.get("folds")
+            if not isinstance(folds, list) or not folds:
+                raise TableError(f"{f}: no 'folds' list")
+            info = (data.get("experiment", f.parent.name), data.get("method", "?"), data.get("dataset", "?"))
+        else:
+            folds = [data]
+            info = (f.parent.parent.name, data.get("method", "?"), _dataset_of(f.parent))
+        by_rerank: dict[str, list[dict]] = {}
+        for rec in folds:
+            for label, metrics in _split_rerank(rec).items():
+                by_rerank.setdefault(label, []).append(metrics)
+        for label, recs in by_rerank.items():
+            missing = [k for k in KEYS if any(k not in r for r in recs)]
+            if missing:
+                raise TableError(f"{f}: fold records lack {', '.join(missing)}")
+            runs.append({"experiment": info[0], "method": info[1], "dataset": info[2], "rerank": label,
+                         "folds": recs, "source": str(f)})
+    runs.sort(key=lambda r: (r["dataset"], r["method"], r["experiment"], r["rerank"] != "off", r["rerank"]))
+    return runs
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for a single value), as engine/summary.py."""
+    vals = [float(v) for v in values]
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def render_md(runs: list[dict], digits: int = 2) -> str:
+    head = ("Method", "Dataset", "Experiment", "Rerank", "Folds") + HEAD
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * len(HEAD)]
+    for r in runs:
+        cells = []
+        for k in KEYS:
+            m, s = mean_std([f[k] for f in r["folds"]])
+            cells.append(f"{m:.{digits}f} ± {s:.{digits}f}" if len(r["folds"]) > 1 else f"{m:.{digits}f}")
+        lines.append("| " + " | ".join([r["method"], r["dataset"], r["experiment"], r["rerank"],
+                                        str(len(r["folds"]))] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(runs: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "dataset", "experiment", "rerank", "folds"]
+               + [f"{k}_{stat}" for k in KEYS for stat in ("mean", "std")])
+    for r in runs:
+        stats = [f"{x:.4f}" for k in KEYS for x in mean_std([f[k] for f in r["folds"]])]
+        w.writerow([r["method"], r["dataset"], r["experiment"], r["rerank"], len(r["folds"])] + stats)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print (and optionally write) the table; returns the exit code (2 for bad input)."""
+    args = parse_args(argv)
+    try:
+        files = find_files(args.paths)
+        if not files:
+            raise TableError(f"no summary.json or fold*/test.json under {', '.join(args.paths)}")
+        runs = load_runs(files)
+    except TableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = render_md(runs, args.digits) if args.format == "md" else render_csv(runs)
+    print(text, end="")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
