@@ -35,7 +35,7 @@ from torch import Tensor
 __all__ = ["retrieval_metrics", "retrieval_metrics_from_embeddings", "ranks_from_matrix", "metrics_from_ranks",
            "scene_recall", "txt2img_from_counts", "txt2img_from_img2txt", "img2txt_from_txt2img"]
 
-DEFAULT_BLOCK = (512, 1024)  # matrix path: a float32 mask of this size stays in L2 cache
+DEFAULT_BLOCK = (256, 1024)  # matrix path: a float32 mask of this size stays in L2 cache
 EMB_BLOCK = (1024, 2048)  # embeddings path: large enough for an efficient GEMM
 TileFn = Callable[[int, int, int, int], Tensor]
 
@@ -147,7 +147,6 @@ class _RankCounter:
     def add(self, tile: Tensor, r0: int, c0: int) -> None:
         """Count, for one tile ``S[r0:r0+h, c0:c0+w]``, the items placed before each ground truth."""
         h, w = tile.shape
-        c1 = c0 + w
         m = self.mask[: h * w].view(h, w)
         if self.do_i2t:
             # Tile right of the best GT index: ties are placed first (higher index) -> ">=" via nextafter.
@@ -155,38 +154,67 @@ class _RankCounter:
             torch.gt(tile, thr[:, None].to(tile.dtype), out=m)
             self.cnt_i[r0:r0 + h] += torch.mv(m, self.ones[:w])
         if self.do_t2i:
-            thr = torch.where(self.t2i[c0:c1] < r0, self.gt_down[c0:c1], self.gt[c0:c1])
+            thr = torch.where(self.t2i[c0:c0 + w] < r0, self.gt_down[c0:c0 + w], self.gt[c0:c0 + w])
             torch.gt(tile, thr[None, :].to(tile.dtype), out=m)
-            self.cnt_t[c0:c1] += torch.mv(m.t(), self.ones[:h])
+            self.cnt_t[c0:c0 + w] += torch.mv(m.t(), self.ones[:h])
         k = (r0 // self.R) * self.n_cb + c0 // self.C
-        if self.pair_bounds[k] < self.pair_bounds[k + 1]:
-            self._fix_pairs(tile, r0, c0, self.pair_order[self.pair_bounds[k]:self.pair_bounds[k + 1]])
-        if self.do_i2t and self.row_bounds[k] < self.row_bounds[k + 1]:
-            rows = self.row_order[self.row_bounds[k]:self.row_bounds[k + 1]]
-            rows = rows[self.has_cap[rows]]
-            sub = tile[rows - r0]
-            cols = torch.arange(c0, c1, device=tile.device)
-            tie = (sub == self.g[rows, None].to(tile.dtype)) & (cols[None, :] > self.b[rows, None])
-            self.cnt_i[rows] += tie.sum(1).double()
-
-    def _fix_pairs(self, tile: Tensor, r0: int, c0: int, cols: Tensor) -> None:
-        """Exact corrections in a tile holding ground-truth pairs (rows = txt2img[cols])."""
+        p0, p1 = self.pair_bounds[k], self.pair_bounds[k + 1]
+        q0, q1 = self.row_bounds[k], self.row_bounds[k + 1]
+        if p0 == p1 and q0 == q1:
+            return
+        cols = self.pair_order[p0:p1]
         rows = self.t2i[cols]
         vals = tile[rows - r0, cols - c0]
-        if self.do_t2i:
-            # The GT row sits inside this tile, so the fast pass used a strict ">"; add ties below the GT row and
-            # remove the GT pair itself (it may differ by an ulp from `gt` on the embeddings path).
-            gt = self.gt[cols].to(tile.dtype)
-            below = torch.arange(r0, r0 + tile.shape[0], device=tile.device)[:, None] > rows[None, :]
-            ties = ((tile[:, cols - c0] == gt[None, :]) & below).sum(0)
-            self.cnt_t[cols] += (ties - (vals > gt).long()).double()
+        if self.do_t2i and p0 < p1:
+            self._fix_t2i(tile, r0, c0, cols, rows, vals, m)
         if self.do_i2t:
-            # GT captions are never "before" the best GT; remove whatever the fast pass and the tie pass counted.
-            b, g = self.b[rows], self.g[rows].to(tile.dtype)
-            thr = torch.where(b < c0, self.g_down[rows].to(tile.dtype), g)
-            inside = (b >= c0) & (b < c0 + tile.shape[1])
-            counted = (vals > thr) | (inside & (cols > b) & (vals == g))
-            self.cnt_i.index_add_(0, rows, -counted.double())
+            if p0 < p1:
+                # A GT caption is never "before" the best GT of its image: undo what the fast pass counted.
+                thr = torch.where(self.b[rows] < c0, self.g_down[rows], self.g[rows]).to(tile.dtype)
+                self.cnt_i.index_add_(0, rows, -(vals > thr).double())
+            if q0 < q1:
+                self._fix_i2t(tile, r0, c0, self.row_order[q0:q1], cols, rows, vals, m)
+
+    def _fix_t2i(self, tile: Tensor, r0: int, c0: int, cols: Tensor, rows: Tensor, vals: Tensor, m: Tensor) -> None:
+        """Columns whose GT row lies in this tile: the fast pass used a strict ">", so add the ties placed first
+        (equal score, higher row index) and remove the GT pair itself."""
+        h, w = tile.shape
+        gt = self.gt[cols].to(tile.dtype)
+        self.cnt_t[cols] -= (vals > gt).double()
+        # Ties are rare: count equal items per column in one pass and go exact only where more than the GT is equal.
+        torch.eq(tile, self.gt[None, c0:c0 + w].to(tile.dtype), out=m)
+        n_eq = torch.mv(m.t(), self.ones[:h])[cols - c0]
+        sus = n_eq > (vals == gt).float()
+        if sus.any():
+            sc, sr = cols[sus], rows[sus]
+            below = torch.arange(r0, r0 + h, device=tile.device)[:, None] > sr[None, :]
+            ties = ((tile[:, sc - c0] == gt[sus][None, :]) & below).sum(0)
+            self.cnt_t[sc] += ties.double()
+
+    def _fix_i2t(self, tile: Tensor, r0: int, c0: int, best_rows: Tensor, cols: Tensor, rows: Tensor,
+                 vals: Tensor, m: Tensor) -> None:
+        """Rows whose best GT caption lies in this tile: the fast pass used a strict ">", so add the non-GT ties
+        with a higher caption index."""
+        h, w = tile.shape
+        best_rows = best_rows[self.has_cap[best_rows]]
+        if len(best_rows) == 0:
+            return
+        g = self.g[r0:r0 + h].to(tile.dtype)
+        torch.eq(tile, g[:, None], out=m)
+        n_eq = torch.mv(m, self.ones[:w])
+        gt_eq = torch.zeros(h, dtype=n_eq.dtype, device=tile.device)
+        gt_eq.index_add_(0, rows - r0, (vals == g[rows - r0]).to(n_eq.dtype))
+        sus = best_rows[n_eq[best_rows - r0] > gt_eq[best_rows - r0]]
+        if len(sus) == 0:
+            return
+        pos = torch.full((h,), -1, dtype=torch.long, device=tile.device)
+        pos[sus - r0] = torch.arange(len(sus), device=tile.device)
+        is_gt = torch.zeros(len(sus), w, dtype=torch.bool, device=tile.device)
+        keep = pos[rows - r0] >= 0
+        is_gt[pos[rows - r0][keep], (cols - c0)[keep]] = True
+        capi = torch.arange(c0, c0 + w, device=tile.device)
+        ties = (tile[sus - r0] == g[sus - r0][:, None]) & (capi[None, :] > self.b[sus, None]) & ~is_gt
+        self.cnt_i[sus] += ties.sum(1).double()
 
     def ranks(self) -> tuple[Tensor, Tensor]:
         """(i2t ranks of the images that have captions, t2i ranks of all captions), 0-based LongTensors."""
@@ -221,7 +249,8 @@ def ranks_from_matrix(sim: Tensor, txt2img: Tensor, *, block: int | tuple[int, i
     """
     if sim.ndim != 2:
         raise ValueError(f"sim must be 2-D [N_img, N_cap], got shape {tuple(sim.shape)}")
-    if not torch.isfinite(sim).all():
+    # A float64 sum is finite iff every entry is (for float32 input; float64 input this large is not a score).
+    if not torch.isfinite(sim.sum(dtype=torch.float64)) and not torch.isfinite(sim).all():
         raise ValueError("sim contains NaN or inf")
     n_img, n_cap = sim.shape
     t = _check_map(txt2img, n_img, n_cap, sim.device)
