@@ -1,0 +1,82 @@
+"""Image pipelines: output shapes/dtypes, normalisation constants, eval determinism, GridMask, restricted RandAugment."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, GridMask, RestrictedRandAugment, \
+    build_transform
+
+
+@pytest.fixture(scope="module")
+def img():
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("name", ["galr", "amfmn", "pir", "fisvl", "clip", "plain"])
+@pytest.mark.parametrize("train", [True, False])
+def test_output_shape_and_type(img, name, train):
+    torch.manual_seed(0)
+    x = build_transform(name, train, 48)(img)
+    assert type(x) is torch.Tensor and x.shape == (3, 48, 48) and x.dtype == torch.float32
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name,mean,std", [("galr", IMAGENET_MEAN, IMAGENET_STD), ("plain", IMAGENET_MEAN, IMAGENET_STD),
+                                           ("pir", CLIP_MEAN, CLIP_STD), ("clip", CLIP_MEAN, CLIP_STD)])
+def test_eval_normalisation_constants(name, mean, std):
+    flat = Image.new("RGB", (30, 20), (255, 0, 128))
+    x = build_transform(name, False, 16)(flat)
+    want = [(v - m) / s for v, m, s in zip((1.0, 0.0, 128 / 255), mean, std)]
+    assert torch.allclose(x.mean(dim=(1, 2)), torch.tensor(want), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["galr", "pir", "fisvl", "clip"])
+def test_eval_is_deterministic_and_train_is_random(img, name):
+    ev = build_transform(name, False, 32)
+    assert torch.equal(ev(img), ev(img))
+    if name != "clip":  # clip: train = eval
+        tr = build_transform(name, True, 32)
+        torch.manual_seed(1)
+        a = tr(img)
+        torch.manual_seed(1)
+        assert torch.equal(a, tr(img))  # the global torch RNG drives every random op
+        assert not all(torch.equal(a, tr(img)) for _ in range(3))
+
+
+def test_galr_train_rotates_but_amfmn_does_not():
+    torch.manual_seed(0)
+    # a bright vertical bar: rotation moves it; amfmn only crops (the bar stays vertical)
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[:, 30:34] = 255
+    bar = Image.fromarray(arr)
+    amf = build_transform("amfmn", True, 64)
+    for _ in range(5):
+        x = amf(bar)[0]
+        assert (x.max(dim=0).values - x.min(dim=0).values).abs().max() < 1e-5  # columns are constant
+    galr = build_transform("galr", True, 64)
+    assert any((g := galr(bar)[0]).max(dim=0).values.sub(g.min(dim=0).values).abs().max() > 0.5 for _ in range(5))
+
+
+def test_gridmask_zeroes_a_grid():
+    torch.manual_seed(0)
+    x = torch.ones(3, 40, 40)
+    out = GridMask(p=1.0, d_min=0.25, d_max=0.25, ratio=0.5)(x)  # period 10, hole side 5
+    frac = (out[0] == 0).float().mean().item()
+    assert frac == pytest.approx(0.25) and torch.equal(out[0], out[1])
+    assert torch.equal(GridMask(p=0.0)(x), x)
+
+
+def test_restricted_randaugment_ops_keep_dtype_and_shape():
+    img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    aug = RestrictedRandAugment(2, 7, prob=1.0)
+    for op in aug.OPS:
+        out = aug._apply(img, op)
+        assert out.dtype == torch.uint8 and out.shape == img.shape
+    assert torch.equal(aug._apply(img, "identity"), img)
+    assert not torch.equal(aug._apply(img, "rotate"), img)
+
+
+def test_unknown_transform():
+    with pytest.raises(ValueError, match="unknown data.transform 'resnet'"):
+        build_transform("resnet", True, 32)
