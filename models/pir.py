@@ -92,6 +92,20 @@ class PIRParams(TowerParams):
     upstream_attn_order: bool = False  # SWAN-style q/k/v mix-up in the blocks (unverified for PIR)
 
 
+def select_tokens(tokens: torch.Tensor, prior: torch.Tensor, k: int) -> torch.Tensor:
+    """VIR filtering: keep the ``k`` tokens with the highest ``softmax(token · prior)``, best first.
+
+    Args:
+        tokens: [B, N, D]; prior: [B, D]; k: tokens kept (capped at N).
+
+    Returns:
+        [B, min(k, N), D].
+    """
+    scores = torch.softmax((tokens @ prior.unsqueeze(-1)).squeeze(-1), dim=1)  # [B, N]
+    idx = scores.topk(min(k, tokens.shape[1]), dim=1).indices  # sorted: highest prior score first
+    return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
 class DualTowers(RetrievalModel):
     """Swin + BERT + ResNet towers, projections and temperatures shared by PIR and FISVL."""
 
@@ -188,10 +202,8 @@ class PIR(DualTowers):
         images = batch["images"]
         tokens = self.vision_proj(swin_tokens(self.vision_encoder, images))  # [B, 1+N, D]
         conv = self.dropout_conv_proj(self.conv_proj(self._resnet(images)["gap"]))  # [B, D]
-        k = min(self.p.filter_size, tokens.shape[1])
-        scores = torch.softmax((tokens @ conv.unsqueeze(-1)).squeeze(-1), dim=1)  # [B, 1+N]
-        idx = scores.topk(k, dim=1).indices  # sorted: highest prior score first
-        x = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        x = select_tokens(tokens, conv, self.p.filter_size)
+        k = x.shape[1]
         for i in range(self.p.instru_num):
             x = self.img_sa[i](x)
             query = self.mapping_img[i](conv).unsqueeze(1).expand(-1, k, -1)
