@@ -85,7 +85,9 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
     full = truncate(load_split(folder, "train", image_dir, False, ext), cfg.max_images) if has_train else None
     train = val = None
     if want_train and full is not None:
-        folds = make_folds(full, cfg.protocol, cfg.n_folds, cfg.val_ratio, cfg.base_seed, cfg.split_dir)
+        # fold k of a repeated random split is defined for any k; only kfold has exactly n_folds folds
+        n_folds = cfg.n_folds if cfg.protocol == "kfold" else max(cfg.n_folds, fold + 1)
+        folds = make_folds(full, cfg.protocol, n_folds, cfg.val_ratio, cfg.base_seed, cfg.split_dir)
         if not 0 <= fold < len(folds):
             raise ConfigError(f"fold {fold} requested but data.n_folds gives {len(folds)} fold(s){where}")
         tr_idx, va_idx = folds[fold]

@@ -31,7 +31,7 @@ _BICUBIC = InterpolationMode.BICUBIC
 
 
 class RestrictedRandAugment(torch.nn.Module):
-    """RandAugment over a fixed op list (uint8 image tensors [C, H, W]).
+    """RandAugment over a fixed op list (PIL images or uint8 tensors [C, H, W]).
 
     ``num_ops`` ops are drawn uniformly (with replacement); each is applied with probability ``prob``. Magnitudes
     follow the BLIP/X-VLM ``RandomAugment`` (level ``m`` of 10): enhance factor 0.1 + 1.8 m/10, shear 0.3 m/10,
@@ -59,7 +59,7 @@ class RestrictedRandAugment(torch.nn.Module):
             shear = [deg, 0.0] if op == "shear_x" else [0.0, deg]
             return TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=shear)
         if op.startswith("translate"):
-            px = round(10 * self.level * img.shape[-1] / 224) * sign
+            px = round(10 * self.level * TF.get_size(img)[-1] / 224) * sign
             shift = [px, 0] if op == "translate_x" else [0, px]
             return TF.affine(img, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0])
         if op == "rotate":
@@ -104,7 +104,9 @@ class GridMask(torch.nn.Module):
 
 
 def _finish(mean: tuple, std: tuple) -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
+    # geometric and colour ops run on the PIL image (PIL's C kernels are much faster than torch's grid_sample on
+    # small images); conversion to a tensor happens here
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
 
 
 def build_transform(name: str, train: bool, image_size: int) -> Callable:
@@ -121,7 +123,7 @@ def build_transform(name: str, train: bool, image_size: int) -> Callable:
     if name not in TRANSFORMS:
         raise ValueError(f"unknown data.transform '{name}'; known: {', '.join(TRANSFORMS)}")
     s = image_size
-    head = [v2.ToImage()]
+    head: list = []
     if name in ("galr", "amfmn", "plain"):
         if not train or name == "plain":
             return v2.Compose(head + [v2.Resize((s, s))] + _finish(IMAGENET_MEAN, IMAGENET_STD))
