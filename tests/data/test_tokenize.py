@@ -147,3 +147,21 @@ def test_word_deletion_never_empty():
     assert len(delete_words("a b c d e", 1.0, rng).split()) == 1
     lens = [len(delete_words(" ".join(["w"] * 100), 0.1, rng).split()) for _ in range(50)]
     assert 85 < np.mean(lens) < 95
+
+
+def test_build_vocab_script(shared_data, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_vocab_script", "scripts/build_vocab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shipped = shared_data / "vocab" / "sydney_splits_vocab.json"
+    out = tmp_path / "v.json"
+    rc = mod.main(["--precomp", str(shared_data / "precomp" / "sydney_precomp"), "--out", str(out),
+                   "--compare", str(shipped)])
+    assert rc == 0 and out.read_text() == shipped.read_text()
+    assert "137 words (incl. <unk>) from 2775 captions" in capsys.readouterr().out
+    rc = mod.main(["--precomp", str(shared_data / "precomp" / "sydney_precomp"), "--splits", "train",
+                   "--compare", str(shipped)])
+    assert rc == 1 and "(3): algae grey numbers" in capsys.readouterr().out
+    assert mod.main(["--captions", str(tmp_path / "missing.txt")]) == 2
