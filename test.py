@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from data.build import build_data, model_context
+from engine.logger import setup_logging
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.config import Config, ConfigError, load_config
-from engine.rerank import tune_rerank
 from engine.runner import RunError, config_for_rebuild, evaluate_split, format_metrics, resolve_device
 from engine.summary import mean_std
 from models.registry import MODELS, build_model, list_models
@@ -52,6 +52,8 @@ def rerank_params(cfg: Config, model: torch.nn.Module, bundle, name: str, device
     if name == "galr_unweighted":
         kw = {"k": cfg.eval.rerank_k}
     if cfg.eval.tune_rerank and bundle.val is not None and name == "galr":
+        from engine.rerank import tune_rerank
+
         _, sim = evaluate_split(cfg, model, bundle, "val", device)
         best, best_mr, _ = tune_rerank(sim, torch.tensor(bundle.val.txt2img))
         log.info("rerank tuned on validation: %s (val mR %.2f)", best, best_mr)
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad input)."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging(None, is_main=True)
     try:
         with torch.no_grad():
             return run(args)

@@ -55,8 +55,12 @@ def load(args: argparse.Namespace) -> tuple[Config, dict | None]:
         if args.config:
             raise ConfigError("--resume continues with the checkpoint's own config; change it with --set, not --config")
         ckpt = load_checkpoint(args.resume)
-        data = apply_overrides(ckpt["config"], sets, args.resume)
-        return config_from_dict(data, source=ckpt.get("config_source", args.resume)), ckpt
+        cfg = config_from_dict(apply_overrides(ckpt["config"], sets, args.resume),
+                               source=ckpt.get("config_source", args.resume))
+        if cfg.model.name != ckpt["method"]:
+            raise CheckpointError(f"{args.resume} is a '{ckpt['method']}' checkpoint; model.name cannot become "
+                                  f"'{cfg.model.name}' on resume")
+        return cfg, ckpt
     if not args.config:
         raise ConfigError("give --config (or --resume)")
     return load_config(resolve_config_path(args.config), sets), None
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad input, 1 for a run that failed)."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging(None, is_main=True)
     try:
         return run(args)
     except (ConfigError, CheckpointError, RunError, FileNotFoundError, KeyError, ValueError) as e:

@@ -61,18 +61,37 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` [B, ...] from every rank along dim 0, keeping the gradient of the local part.
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient of the gathered tensor and returns the local slice."""
 
-    Gradients flow back to the local slice only (each rank's loss covers the global batch, and DDP averages the
-    parameter gradients), the open_clip ``gather_with_grad=False, local_loss=False`` setting.
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        n = grad.shape[0] // world_size()
+        return grad[rank() * n:(rank() + 1) * n]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` [B, ...] (equal B on every rank) from every rank along dim 0, differentiably.
+
+    Every rank computes the same global-batch loss; the backward sums the ranks' gradients of the gathered
+    tensor, so after DDP averages parameter gradients they equal the 1-process gradient of that loss exactly
+    (open_clip's ``gather_with_grad`` semantics). Integer tensors (ids) are gathered without autograd.
     """
     if not is_dist():
         return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank()] = x
-    return torch.cat(parts, 0)
+    if not x.is_floating_point():
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, 0)
+    return _GatherWithGrad.apply(x)
 
 
 def reduce_mean(value: float, device: torch.device | str = "cpu") -> float:

@@ -8,7 +8,6 @@ from torch import nn
 
 from engine.checkpoint import unwrap
 from engine.metrics import retrieval_metrics, scene_recall
-from engine.rerank import apply_rerank
 from engine.train_loop import autocast, to_device
 
 RECALLS = ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10")
@@ -52,6 +51,8 @@ def metrics_with_rerank(sim: torch.Tensor, txt2img: torch.Tensor, rerank: str = 
     """R@K/mR/medR of ``sim``; with a rerank, i2t keys come from the i2t matrix and t2i keys from the t2i one."""
     if rerank == "none":
         return retrieval_metrics(sim, txt2img)
+    from engine.rerank import apply_rerank
+
     i2t_sim, t2i_sim = apply_rerank(rerank, sim, **kw)
     a, b = retrieval_metrics(i2t_sim, txt2img), retrieval_metrics(t2i_sim, txt2img)
     out = {k: v for k, v in a.items() if k.startswith("i2t")}

@@ -24,7 +24,7 @@ from engine.optim import build_optimizer, build_scheduler
 from engine.train_loop import train_one_epoch
 from losses import build_criterion
 from models.base import RetrievalModel
-from models.registry import build_model
+from models.registry import MODELS, build_model, list_models
 
 log = logging.getLogger("rsitr")
 
@@ -103,8 +103,11 @@ def build_parts(cfg: Config, fold: int, run_dir: Path | None, device: torch.devi
     criterion = build_criterion(cfg.loss, cfg.source).to(device)
     loader = train_loader(bundle, cfg.data, distributed=dist.is_dist(), seed=cfg.train.seed,
                           deterministic=cfg.train.deterministic)
-    optimizer = build_optimizer(cfg.optim, model)
-    scheduler = build_scheduler(cfg.optim, optimizer, len(loader), cfg.train.epochs)
+    if cfg.train.epochs == 0:  # evaluation of the initial weights only (zero-shot methods, baselines)
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0)
+    else:
+        optimizer = build_optimizer(cfg.optim, model)
+    scheduler = build_scheduler(cfg.optim, optimizer, len(loader), max(1, cfg.train.epochs))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
     return Parts(bundle, model, criterion, loader, optimizer, scheduler, scaler)
 
@@ -148,6 +151,10 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
     Returns:
         ``{"fold", "best_epoch", "best_val", "test": test metrics}`` (test metrics on rank 0 only).
     """
+    list_models()  # make sure every method is registered
+    if getattr(MODELS.get(cfg.model.name), "zero_shot", False) and cfg.train.epochs:
+        log.info("%s is evaluation-only: train.epochs set to 0", cfg.model.name)
+        cfg = replace(cfg, train=replace(cfg.train, epochs=0))
     setup_determinism(cfg)
     parts = build_parts(cfg, fold, run_dir, device, resume)
     start, step, best, best_epoch = restore(parts, resume) if resume else (0, 0, float("-inf"), -1)
@@ -171,6 +178,9 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
             best, best_epoch = _end_of_epoch(cfg, parts, model, writer, stats, epoch, step, best, best_epoch,
                                              fold, run_dir, device)
         dist.barrier()
+    if dist.is_main() and cfg.train.epochs == 0:
+        best, best_epoch = _end_of_epoch(cfg, parts, model, writer, {"time_s": 0.0}, -1, 0, best, best_epoch, fold,
+                                         run_dir, device)
     result = {"fold": fold, "best_epoch": best_epoch, "best_val": best}
     if dist.is_main():
         result["test"] = _final_test(cfg, parts, run_dir, device, writer, step)

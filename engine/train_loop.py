@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -33,7 +34,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 
 def _progress(loader: Iterable, epoch: int, enabled: bool) -> Iterable:
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():  # no carriage-return spam in CI logs and files
         return loader
     from tqdm import tqdm
 

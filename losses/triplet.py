@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.dist import all_gather_with_grad
 from losses import LOSSES
 
 
@@ -27,13 +28,18 @@ class TripletParams:
     mode: str = "sum"  # sum | hardest
     mask_same_image: bool = True  # false = upstream (only the diagonal is masked)
     reduction: str = "sum"  # sum (upstream) | mean (divide by the batch size)
+    gather: bool = True  # DDP: score the global batch (all-gathered embeddings), as one process would
 
 
-def batch_scores(outputs: Mapping[str, Any]) -> torch.Tensor:
-    """The [B, B] score matrix: ``outputs["sims"]`` when the model gives one, else the cosine of the embeddings."""
+def batch_scores(outputs: Mapping[str, Any], gather: bool = False) -> torch.Tensor:
+    """The [B, B] score matrix: ``outputs["sims"]`` when the model gives one (pairwise methods score the local
+    batch), else the cosine of the embeddings, all-gathered across ranks when ``gather``."""
     if "sims" in outputs:
         return outputs["sims"]
-    return F.normalize(outputs["img_emb"], dim=-1) @ F.normalize(outputs["txt_emb"], dim=-1).t()
+    v, t = F.normalize(outputs["img_emb"], dim=-1), F.normalize(outputs["txt_emb"], dim=-1)
+    if gather:
+        v, t = all_gather_with_grad(v), all_gather_with_grad(t)
+    return v @ t.t()
 
 
 def triplet_loss(s: torch.Tensor, margin: float, mode: str, neg_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,10 +82,12 @@ class TripletLoss(nn.Module):
         self.p = params
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], epoch: int) -> torch.Tensor:
-        s = batch_scores(outputs).float()
+        s = batch_scores(outputs, self.p.gather).float()
         neg_mask = None
         if self.p.mask_same_image and "img_ids" in batch:
             ids = batch["img_ids"].to(s.device)
+            if s.shape[0] != ids.shape[0]:
+                ids = all_gather_with_grad(ids)
             neg_mask = ids.view(-1, 1) == ids.view(1, -1)
         loss = triplet_loss(s, self.p.margin, self.p.mode, neg_mask)
         return loss / s.shape[0] if self.p.reduction == "mean" else loss

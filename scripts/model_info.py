@@ -36,7 +36,7 @@ def context_for(cfg: Config) -> ModelContext:
     if cfg.data.vocab and Path(cfg.data.vocab).is_file():
         from data.tokenize import load_vocab_json
 
-        words = load_vocab_json(cfg.data.vocab).words
+        words = load_vocab_json(cfg.data.vocab)
     else:
         words = [f"w{i}" for i in range(1, VOCAB_WORDS.get(cfg.data.dataset, 1000))] + ["<unk>"]
     return ModelContext(vocab_words=words, vocab_size=len(words) + 1, scene_names=["s0", "s1"])
