@@ -149,63 +149,76 @@ def _airport(draw, rng, a: Attrs) -> None:
 
 
 # ------------------------------------------------------------------------------------------- captions
-def _captions(scene: str, a: Attrs, rng: np.random.Generator) -> list[str]:
-    g, s = a["ground"], lambda opts: _pick(rng, opts)
-    if scene == "lake":
-        where = "in the middle" if a["side"] == "center" else f"on the {a['side']} side"
-        return [f"a {a['size']} blue lake lies {where} of a {g} field .",
-                f"there is a {a['size']} {s(['lake', 'pond'])} {where} surrounded by {g} land .",
-                f"{g} {s(['grassland', 'land', 'ground'])} with a {a['size']} pond {where} .",
-                f"the lake {where} is {a['size']} and the ground around it is {g} .",
-                f"a {a['size']} body of water sits {where} of the {g} area ."]
-    if scene == "residential":
-        n, c, o = NUM[a["n"]], a["color"], a["orient"]
-        return [f"{n} {s(['buildings', 'houses'])} with {c} roofs stand beside a {o} road .",
-                f"a {o} road passes through a residential area with {n} {c} houses .",
-                f"there are {n} {c} {s(['buildings', 'houses'])} on {g} ground next to a road .",
-                f"a residential area : {n} houses with {c} roofs and a {o} gray road .",
-                f"{n} {c} buildings are arranged on both sides of the {o} road ."]
-    if scene == "forest":
-        d = a["density"]
-        extra = "a white house stands among the trees" if a["house"] else "only trees grow there"
-        many = "many" if d == "dense" else "scattered"
-        return [f"a {d} forest with {many} dark green trees on {g} ground .",
-                f"{many} trees grow on the {g} land and {extra} .",
-                f"this is a {d} forest and {extra} .",
-                f"{d} green trees cover the {g} area .",
-                f"a {d} {s(['forest', 'woodland'])} seen from above with {g} soil between the trees ."]
-    if scene == "farmland":
-        c1, c2 = a["colors"]
-        n, o = NUM[a["n"]], a["orient"]
-        return [f"{n} {o} strips of {c1} and {c2} farmland .",
-                f"the farmland is divided into {n} {o} fields , {c1} and {c2} .",
-                f"{c1} and {c2} {s(['fields', 'crops'])} alternate in {o} strips .",
-                f"there are {n} {o} {s(['fields', 'strips'])} in {c1} and {c2} colors .",
-                f"a piece of farmland with {o} {c1} and {c2} stripes ."]
-    if scene == "river":
-        o = a["orient"]
-        br = "a bridge crosses it" if a["bridge"] else "it flows without a bridge"
-        return [f"a {o} blue river runs through the {g} land and {br} .",
-                f"a river flows {s(['across', 'through'])} the {g} area in a {o} direction and {br} .",
-                f"{g} ground on both sides of a {o} river" + (" with a gray bridge ." if a["bridge"] else " ."),
-                f"the {o} river is blue and {br} .",
-                f"there is a {o} river and {br} over the water ." if a["bridge"] else
-                f"there is a {o} river with {g} banks and without a bridge ."]
-    if scene == "parking":
-        m, c = a["amount"], a["color"]
-        return [f"a gray parking lot with {m} {c} cars .",
-                f"{m} {c} {s(['cars', 'vehicles'])} are parked in a parking lot on {g} ground .",
-                f"there are {m} {c} cars in the {s(['parking lot', 'car park'])} .",
-                f"a parking lot surrounded by {g} land with {m} cars , all {c} .",
-                f"{m} {c} cars stand in rows on the gray lot ."]
-    if scene == "beach":
-        n, c, side = NUM[a["n"]], a["color"], a["side"]
-        boats = "boat" if a["n"] == 1 else "boats"
-        return [f"a sandy beach with the blue sea on the {side} side and {n} {c} {boats} .",
-                f"the sea is on the {side} and {n} {c} {boats} float on the water .",
-                f"{n} {c} {boats} on the blue water next to a yellow beach .",
-                f"a beach : sand and the sea on the {side} with {n} {boats} .",
-                f"yellow sand meets the sea on the {side} side where {n} {c} {boats} are ."]
+# one function per scene: five templates, each stating the drawn attributes; ``s`` picks a synonym at random
+def _cap_lake(a: Attrs, g: str, s: Callable) -> list[str]:
+    where = "in the middle" if a["side"] == "center" else f"on the {a['side']} side"
+    return [f"a {a['size']} blue lake lies {where} of a {g} field .",
+            f"there is a {a['size']} {s(['lake', 'pond'])} {where} surrounded by {g} land .",
+            f"{g} {s(['grassland', 'land', 'ground'])} with a {a['size']} pond {where} .",
+            f"the lake {where} is {a['size']} and the ground around it is {g} .",
+            f"a {a['size']} body of water sits {where} of the {g} area ."]
+
+
+def _cap_residential(a: Attrs, g: str, s: Callable) -> list[str]:
+    n, c, o = NUM[a["n"]], a["color"], a["orient"]
+    return [f"{n} {s(['buildings', 'houses'])} with {c} roofs stand beside a {o} road .",
+            f"a {o} road passes through a residential area with {n} {c} houses .",
+            f"there are {n} {c} {s(['buildings', 'houses'])} on {g} ground next to a road .",
+            f"a residential area : {n} houses with {c} roofs and a {o} gray road .",
+            f"{n} {c} buildings are arranged on both sides of the {o} road ."]
+
+
+def _cap_forest(a: Attrs, g: str, s: Callable) -> list[str]:
+    d = a["density"]
+    extra = "a white house stands among the trees" if a["house"] else "only trees grow there"
+    many = "many" if d == "dense" else "scattered"
+    return [f"a {d} forest with {many} dark green trees on {g} ground .",
+            f"{many} trees grow on the {g} land and {extra} .",
+            f"this is a {d} forest and {extra} .",
+            f"{d} green trees cover the {g} area .",
+            f"a {d} {s(['forest', 'woodland'])} seen from above with {g} soil between the trees ."]
+
+
+def _cap_farmland(a: Attrs, g: str, s: Callable) -> list[str]:
+    (c1, c2), n, o = a["colors"], NUM[a["n"]], a["orient"]
+    return [f"{n} {o} strips of {c1} and {c2} farmland .",
+            f"the farmland is divided into {n} {o} fields , {c1} and {c2} .",
+            f"{c1} and {c2} {s(['fields', 'crops'])} alternate in {o} strips .",
+            f"there are {n} {o} {s(['fields', 'strips'])} in {c1} and {c2} colors .",
+            f"a piece of farmland with {o} {c1} and {c2} stripes ."]
+
+
+def _cap_river(a: Attrs, g: str, s: Callable) -> list[str]:
+    o = a["orient"]
+    br = "a bridge crosses it" if a["bridge"] else "it flows without a bridge"
+    return [f"a {o} blue river runs through the {g} land and {br} .",
+            f"a river flows {s(['across', 'through'])} the {g} area in a {o} direction and {br} .",
+            f"{g} ground on both sides of a {o} river" + (" with a gray bridge ." if a["bridge"] else " ."),
+            f"the {o} river is blue and {br} .",
+            f"there is a {o} river and {br} over the water ." if a["bridge"] else
+            f"there is a {o} river with {g} banks and without a bridge ."]
+
+
+def _cap_parking(a: Attrs, g: str, s: Callable) -> list[str]:
+    m, c = a["amount"], a["color"]
+    return [f"a gray parking lot with {m} {c} cars .",
+            f"{m} {c} {s(['cars', 'vehicles'])} are parked in a parking lot on {g} ground .",
+            f"there are {m} {c} cars in the {s(['parking lot', 'car park'])} .",
+            f"a parking lot surrounded by {g} land with {m} cars , all {c} .",
+            f"{m} {c} cars stand in rows on the gray lot ."]
+
+
+def _cap_beach(a: Attrs, g: str, s: Callable) -> list[str]:
+    n, c, side = NUM[a["n"]], a["color"], a["side"]
+    boats = "boat" if a["n"] == 1 else "boats"
+    return [f"a sandy beach with the blue sea on the {side} side and {n} {c} {boats} .",
+            f"the sea is on the {side} and {n} {c} {boats} float on the water .",
+            f"{n} {c} {boats} on the blue water next to a yellow beach .",
+            f"a beach : sand and the sea on the {side} with {n} {boats} .",
+            f"yellow sand meets the sea on the {side} side where {n} {c} {boats} are ."]
+
+
+def _cap_airport(a: Attrs, g: str, s: Callable) -> list[str]:
     n, o = NUM[a["n"]], a["orient"]
     planes = "plane" if a["n"] == 1 else "planes"
     return [f"an airport with a {o} runway and {n} white {planes} .",
@@ -215,15 +228,19 @@ def _captions(scene: str, a: Attrs, rng: np.random.Generator) -> list[str]:
             f"the airport has {n} white {planes} and a long {o} runway ."]
 
 
-SCENES: dict[str, Callable] = {"lake": _lake, "residential": _residential, "forest": _forest, "farmland": _farmland,
-                               "river": _river, "parking": _parking, "beach": _beach, "airport": _airport}
+# scene -> (drawer, captioner); the scene name prefixes the image file names
+SCENES: dict[str, tuple[Callable, Callable]] = {
+    "lake": (_lake, _cap_lake), "residential": (_residential, _cap_residential), "forest": (_forest, _cap_forest),
+    "farmland": (_farmland, _cap_farmland), "river": (_river, _cap_river), "parking": (_parking, _cap_parking),
+    "beach": (_beach, _cap_beach), "airport": (_airport, _cap_airport)}
 
 
 def _make_image(scene: str, rng: np.random.Generator) -> tuple[Image.Image, list[str]]:
     a: Attrs = {"ground": _pick(rng, list(GROUND))}
     img = _ground(rng, a["ground"])
-    SCENES[scene](ImageDraw.Draw(img), rng, a)
-    return img, _captions(scene, a, rng)
+    draw, caption = SCENES[scene]
+    draw(ImageDraw.Draw(img), rng, a)
+    return img, caption(a, a["ground"], lambda options: _pick(rng, options))
 
 
 def generate(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> None:
