@@ -53,7 +53,8 @@ def _line_h(size: int) -> int:
     return int(size * 1.35)
 
 
-def _title_lines(title: str, width_px: int, size: int) -> list[str]:
+def wrap_title(title: str, width_px: int, size: int = 14) -> list[str]:
+    """The title lines draw_grid writes for a picture ``width_px`` wide."""
     chars = max(10, int(width_px / (0.55 * size)))  # ~0.55 em per character for the default sans font
     return textwrap.wrap(title, chars) or [""]
 
@@ -109,7 +110,7 @@ def draw_grid(title: str, panels: list[Panel], cols: int = 5, panel: int = 224,
     if not panels:
         raise ValueError("draw_grid needs at least one panel")
     n_cols = max(1, min(cols, len(panels)))
-    lines = _title_lines(title, PAD + n_cols * (panel + PAD), size)
+    lines = wrap_title(title, PAD + n_cols * (panel + PAD), size)
     label_lines = max(p.label.count("\n") + 1 for p in panels)
     (w, h), boxes = grid_layout(len(panels), cols, panel, len(lines), label_lines, size)
     pic = Image.new("RGB", (w, h), BG)
