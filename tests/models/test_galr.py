@@ -178,3 +178,32 @@ def test_bad_local_source_is_a_config_error():
         build_model(_tiny_cfg("model.params.local_source=detector").model, CTX)
     with pytest.raises(ValueError, match="local_path"):
         build_model(_tiny_cfg("model.params.local_source=npy").model, CTX)
+
+
+def test_mvsa_hand_case_and_size_check():
+    from models.encoders.mvsa import MVSA
+
+    def feats():
+        return {"f1": torch.ones(1, 64, 8, 8), "f2": torch.ones(1, 128, 4, 4), "f3": torch.ones(1, 256, 2, 2),
+                "f4": torch.ones(1, 512, 1, 1)}
+
+    out = {}
+    for norm in (True, False):
+        m = MVSA(embed_dim=2, image_size=32, normalize=norm)
+        assert m.grid == 2 and m.solo_gate.in_features == 4
+        with torch.no_grad():
+            for mod in (m.low_conv, m.high_conv, m.main_conv, m.att_conv, m.solo_gate, m.solo_proj):
+                mod.weight.zero_()
+                mod.bias.zero_()
+            m.high_conv.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))  # high = [1, 2, 3], channel mean 2
+            m.main_conv.weight.fill_(1.0)  # x = [0,0,0,1,2,3] + 2 -> main = 18 per pixel
+            m.solo_gate.weight.fill_(1 / 36)  # att = sigmoid(0) = 0.5 -> 9 per pixel, 4 pixels -> 1
+            m.solo_proj.bias.copy_(torch.tensor([3.0, 4.0]))
+            out[norm] = m(feats())
+    s = 1 / (1 + math.exp(-1.0))
+    torch.testing.assert_close(out[False], torch.tensor([[3 * s, 4 * s]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[True], torch.tensor([[0.6, 0.8]]), atol=1e-6, rtol=0)
+    bad = feats()
+    bad["f3"] = torch.ones(1, 256, 4, 4)
+    with pytest.raises(ValueError, match="image_size"):
+        MVSA(embed_dim=2, image_size=32)(bad)
