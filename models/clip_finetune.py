@@ -7,6 +7,9 @@ al., ICML 2021; open_clip: github.com/mlfoundations/open_clip. The adapter metho
 * ``encode_image`` / ``encode_text`` are open_clip's ``CLIP.encode_image`` / ``encode_text`` (class token after
   ``ln_post`` and ``proj``; text feature at the end-of-text token, the argmax of the BPE ids, after ``ln_final`` and
   ``text_projection``). Similarity: cosine. Embeddings are returned as float32 whatever the weight precision.
+  ``trim_text`` (default on) runs the text tower only up to the batch's last end-of-text token: with causal
+  attention and end-of-text pooling the later (padding) positions cannot change the feature, so this is the same
+  computation on ~20 instead of 77 positions (tested against open_clip's ``encode_text``).
 * ``clip_finetune``: all weights train with symmetric InfoNCE at CLIP's own learnable logit scale (loss
   ``infonce``, which reads ``outputs["logit_scale"]``); exp(logit_scale) is clamped at ``max_logit_scale`` (100) at
   every step, as in CLIP/open_clip training. Use a small lr (configs: 1e-6..5e-6, AdamW).
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 import torch
+from open_clip.model import CLIP
 
 from engine.config import ConfigError, ModelCfg
 from models.base import ModelContext, RetrievalModel
@@ -47,6 +51,13 @@ class ClipParams:
     quick_gelu: bool = True  # QuickGELU as OpenAI CLIP (and PE-RSITR); false for RemoteCLIP / GeoRSCLIP weights
     precision: str = "fp32"  # fp32 | fp16 (OpenAI-style fp16 weights, as upstream runs on GPU)
     max_logit_scale: float = 100.0  # clamp exp(logit_scale) to this while it trains (CLIP / open_clip)
+    trim_text: bool = True  # run the text tower only up to the batch's last end-of-text token (same result: causal)
+
+
+def _causal_argmax_text(clip: torch.nn.Module) -> bool:
+    """open_clip's own text tower with a causal mask and end-of-text (argmax) pooling."""
+    return (isinstance(clip, CLIP) and getattr(clip, "text_pool_type", "") == "argmax"
+            and getattr(clip, "attn_mask", None) is not None)
 
 
 def _clip_dtype(clip: torch.nn.Module) -> torch.dtype:
@@ -84,7 +95,19 @@ class ClipFinetune(RetrievalModel):
 
     def encode_text(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Args: batch with ``tokens`` [M, 77] BPE ids (0-padded after end-of-text). Returns: [M, D] float32."""
-        return self.clip.encode_text(batch["tokens"]).float()
+        tokens, clip = batch["tokens"], self.clip
+        if not (self.p.trim_text and _causal_argmax_text(clip)):
+            return clip.encode_text(tokens).float()
+        # The feature is read at the end-of-text token (the largest id) and attention is causal, so positions after
+        # the batch's last end-of-text token cannot change it: drop them (captions are ~20 of 77 tokens).
+        n = int(tokens.argmax(dim=-1).max()) + 1
+        tokens = tokens[:, :n]
+        x = clip.token_embedding(tokens).to(clip.transformer.get_cast_dtype())
+        x = x + clip.positional_embedding[:n].to(x.dtype)
+        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:n, :n]))
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        proj = clip.text_projection
+        return (proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj).float()
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Returns ``img_emb`` [B, D], ``txt_emb`` [B, D] and CLIP's ``logit_scale`` (scalar, log of 1/τ)."""

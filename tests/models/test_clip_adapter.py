@@ -92,7 +92,7 @@ def test_upstream_checkpoint_loads_every_key(vitb32, upstream_keys, tmp_path):
 
 # ------------------------------------------------------------------------------------------ tiny models
 def test_zero_up_projection_gives_the_frozen_clip_exactly():
-    model = _tiny()
+    model = _tiny(trim_text=False)  # bit-exact claim: the same text kernel shapes as open_clip's encode_text
     plain = build_clip("rsitr-tiny", pretrained=False)
     plain.load_state_dict(model.clip.state_dict())
     plain.requires_grad_(False)
@@ -109,6 +109,11 @@ def test_zero_up_projection_gives_the_frozen_clip_exactly():
     _randomise_adapter(model)
     model.eval()
     plain.eval()
+    trimmed = _tiny()  # trim_text (default): the same result up to float rounding
+    trimmed.load_state_dict(model.state_dict())
+    trimmed.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(trimmed.encode_text(b), model.encode_text(b), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(model.encode_image(b), plain.encode_image(b["images"]), atol=1e-4)
     assert not torch.allclose(model.encode_text(b), plain.encode_text(b["tokens"]), atol=1e-4)
 
@@ -190,10 +195,10 @@ def test_augmented_views_drop_token_and_positional_embeddings():
     img_aug = model.encode_image(b)
     model._augmenting = False
     state = torch.get_rng_state()
-    clip = model.clip
-    x = clip.token_embedding(b["tokens"]) + clip.positional_embedding
+    clip, n = model.clip, int(b["tokens"].argmax(-1).max()) + 1  # trim_text: positions up to the last end-of-text
+    x = clip.token_embedding(b["tokens"][:, :n]) + clip.positional_embedding[:n]
     x = F.dropout(x, 0.5, training=True)
-    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:n, :n]))
     manual = x[torch.arange(4), b["tokens"].argmax(-1)] @ clip.text_projection
     torch.set_rng_state(state)
     model._augmenting = True

@@ -26,18 +26,20 @@ def source():
 
 
 def _from_config(path, *sets):
-    cfg = load_config(TINY_ZS, ["model.pretrained=true", f"model.params.weights={path}", *sets])
+    # trim_text off: bit-exact comparison with open_clip's encode_text (test_trim_text covers the trimmed path)
+    cfg = load_config(TINY_ZS, ["model.pretrained=true", f"model.params.weights={path}", "model.params.trim_text=false",
+                                *sets])
     return build_model(cfg.model, ModelContext(), cfg.source).eval()
 
 
-def _same_outputs(model, source_model, batch):
+def _same_outputs(model, source_model, batch, tol=0.0):
     # torch's attention picks its kernel by whether parameters require grad: match the two models for bit equality
     source_model.requires_grad_(any(p.requires_grad for p in model.parameters()))
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(batch), source_model.encode_image(batch["images"]),
-                                   rtol=0, atol=0)
+                                   rtol=tol, atol=tol)
         torch.testing.assert_close(model.encode_text(batch), source_model.encode_text(batch["tokens"]),
-                                   rtol=0, atol=0)
+                                   rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("layout", ["state_dict", "training_checkpoint", "safetensors"])
@@ -121,11 +123,27 @@ def test_upstream_layout_into_clip_finetune(source, tmp_path):
     state = {f"PE_RSITR.model.{k}": v for k, v in model.state_dict().items()}
     state["PE_RSITR.Uniadapt.share_up_proj.weight"] = torch.zeros(64, 64)
     torch.save({"model": state}, tmp_path / "up.pth")
-    cfg = ModelCfg(name="clip_finetune", embed_dim=32, pretrained=False, params={"arch": "rsitr-tiny"},
-                   init_from=f"upstream:{tmp_path / 'up.pth'}")
+    cfg = ModelCfg(name="clip_finetune", embed_dim=32, pretrained=False, init_from=f"upstream:{tmp_path / 'up.pth'}",
+                   params={"arch": "rsitr-tiny", "trim_text": False})
     ft = build_model(cfg, ModelContext()).eval()
     _same_outputs(ft, model, batch)
     from models.registry import load_upstream
 
     report = load_upstream(ft, state)
     assert report["unplaced"] == ["PE_RSITR.Uniadapt.share_up_proj.weight"] and report["missing"] == []
+
+
+def test_trim_text_matches_the_full_context(source, tmp_path):
+    model, _ = source
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    trimmed = _from_config(tmp_path / "w.pt", "model.params.trim_text=true")
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.zeros(4, 77, dtype=torch.long)
+    for i, n in enumerate((2, 9, 30, 75)):  # ragged captions, one using almost the whole context
+        tokens[i, 0], tokens[i, 1:n], tokens[i, n] = 49406, torch.randint(300, 40000, (n - 1,), generator=g), 49407
+    model.requires_grad_(False)
+    with torch.no_grad():
+        torch.testing.assert_close(trimmed.encode_text({"tokens": tokens}), model.encode_text(tokens),
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(trimmed.encode_text({"tokens": tokens[:2]}), model.encode_text(tokens[:2]),
+                                   rtol=1e-5, atol=1e-5)
