@@ -264,11 +264,15 @@ def generate(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST, seed: i
     (folder / "VERSION").write_text(VERSION + "\n")
 
 
-def ensure_demo(root: str | Path) -> Path:
+def ensure_demo(root: str | Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
     """Return ``root/demo_precomp``, generating it first if needed.
 
     Generation happens in a private temporary folder that is renamed into place, so a concurrent caller either sees
     the complete folder or builds its own copy and drops it when it loses the rename race.
+
+    Args:
+        root: folder that holds ``demo_precomp/`` (``data.root``).
+        n_train, n_test: image counts used when generating (tests use small sets).
     """
     root = Path(root)
     final = root / "demo_precomp"
@@ -277,7 +281,7 @@ def ensure_demo(root: str | Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".demo_precomp.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        generate(tmp)
+        generate(tmp, n_train, n_test)
         try:
             os.rename(tmp, final)
             log.info("generated the demo dataset in %s", final)

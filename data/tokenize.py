@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -42,6 +43,11 @@ _treebank = None
 
 def word_tokens(caption: str) -> list[str]:
     """Lower-cased word tokens of a caption with the A2 punctuation set removed (stop-words kept)."""
+    return list(_word_tokens(caption))
+
+
+@lru_cache(maxsize=1 << 17)  # real sets repeat many captions verbatim (RSICD), and vocab + encoding both tokenise
+def _word_tokens(caption: str) -> tuple[str, ...]:
     global _treebank
     if _treebank is None:
         from nltk.tokenize import TreebankWordTokenizer
@@ -51,7 +57,7 @@ def word_tokens(caption: str) -> list[str]:
     out: list[str] = []
     for sentence in _SENTENCE_END.split(text):
         out.extend(t for t in _treebank.tokenize(sentence) if t not in PUNCTUATION)
-    return out
+    return tuple(out)
 
 
 def _pad(ids: list[list[int]], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:

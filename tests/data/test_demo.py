@@ -70,7 +70,7 @@ def test_captions_state_what_was_drawn(demo):
 
 
 def _call(root, q):
-    q.put(str(ensure_demo(root)))
+    q.put(str(ensure_demo(root, n_train=80, n_test=16)))
 
 
 def test_concurrent_ensure_demo(tmp_path):
@@ -84,4 +84,4 @@ def test_concurrent_ensure_demo(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     assert {q.get(), q.get()} == {str(tmp_path / "demo_precomp")}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_precomp"]  # no temp folder left behind
-    assert load_split(tmp_path / "demo_precomp", "test").n_images == N_TEST
+    assert load_split(tmp_path / "demo_precomp", "test").n_images == 16
