@@ -94,7 +94,8 @@ class MVSAImageTower(nn.Module):
     Args:
         embed_dim: output size.
         image_size: input side (see :class:`MVSA`).
-        arch: torchvision ResNet name.
+        arch: torchvision ResNet name, or ``timm:<name>`` for a tiny random timm net in tests (stages of
+            strides 4, 8, 16, 32).
         pretrained: load ImageNet weights from ``weights`` (local file).
         weights: path of the torchvision checkpoint, e.g. ``pretrained/resnet18-f37072fd.pth``.
         normalize: L2-normalise the MVSA output.
@@ -103,18 +104,30 @@ class MVSAImageTower(nn.Module):
     def __init__(self, embed_dim: int, image_size: int, arch: str = "resnet18", pretrained: bool = False,
                  weights: str = "", normalize: bool = True) -> None:
         super().__init__()
-        self.backbone = build_resnet(arch, pretrained, weights,
-                                     f"ImageNet {arch} weights (torchvision layout; model.params.resnet_weights)")
-        # The classifier is never used; it stays so upstream checkpoints (which hold it) load, but takes no
-        # gradient, which keeps DDP from waiting for it.
-        self.backbone.fc.requires_grad_(False)
-        layers = [getattr(self.backbone, f"layer{k}")[-1] for k in range(1, 5)]
-        widths = tuple((blk.bn3 if hasattr(blk, "bn3") else blk.bn2).num_features for blk in layers)
+        self.timm = arch.startswith("timm:")
+        if self.timm:  # tiny timm nets (e.g. timm:test_resnet) keep CPU tests fast; no weights, no upstream keys
+            if pretrained:
+                raise ValueError(f"backbone '{arch}' is for tests only: use model.pretrained=false")
+            import timm
+
+            self.backbone = timm.create_model(arch[5:], pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
+            widths = tuple(self.backbone.feature_info.channels())
+        else:
+            self.backbone = build_resnet(arch, pretrained, weights,
+                                         f"ImageNet {arch} weights (torchvision layout; model.params.resnet_weights)")
+            # The classifier is never used; it stays so upstream checkpoints (which hold it) load, but takes no
+            # gradient, which keeps DDP from waiting for it.
+            self.backbone.fc.requires_grad_(False)
+            layers = [getattr(self.backbone, f"layer{k}")[-1] for k in range(1, 5)]
+            widths = tuple((blk.bn3 if hasattr(blk, "bn3") else blk.bn2).num_features for blk in layers)
         self.mvsa = MVSA(embed_dim, image_size, widths, normalize=normalize)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """Args: images [B, 3, S, S]. Returns: (global feature [B, D], the ResNet stage dict)."""
-        feats = resnet_features(self.backbone, images)
+        if self.timm:
+            feats = dict(zip(("f1", "f2", "f3", "f4"), self.backbone(images)))
+        else:
+            feats = resnet_features(self.backbone, images)
         return self.mvsa(feats), feats
 
 

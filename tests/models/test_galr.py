@@ -141,10 +141,15 @@ def test_tiny_forward_backward(source):
     assert torch.isfinite(loss)
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert no_grad == []
-    assert not model.image.backbone.fc.weight.requires_grad
     with torch.no_grad():
         sims = model.eval().similarity(model.encode_image(batch), model.encode_text(batch))
     assert sims.shape == (6, 6) and float(sims.abs().max()) <= 1 + 1e-5
+
+
+def test_resnet18_tower_freezes_unused_classifier():
+    model = build_model(_tiny_cfg("model.params.backbone=resnet18").model, CTX)
+    assert not model.image.backbone.fc.weight.requires_grad
+    assert model.image.mvsa.low_conv.in_channels == 192 and model.image.mvsa.high_conv.in_channels == 768
 
 
 def test_npy_source_uses_the_file_through_filenames(tmp_path):
