@@ -82,9 +82,14 @@ class CaptionTrainDataset(Dataset):
         epoch, j = key if isinstance(key, tuple) else (0, key)
         i = self.split.txt2img[j]
         s = item_seed(self.seed, epoch, j)
-        with torch.random.fork_rng(devices=[]):  # augmentation draws from torch's global RNG: isolate and seed it
-            torch.manual_seed(s)
+        # augmentation draws from torch's global CPU generator: seed it for this item and restore it afterwards
+        # (generator-level calls: torch.manual_seed would also touch every accelerator, ~50x slower)
+        state = torch.get_rng_state()
+        try:
+            torch.default_generator.manual_seed(s)
             image = self.transform(load_image(self.split.image_path(i)))
+        finally:
+            torch.set_rng_state(state)
         if self.ids_cache is not None:
             ids = self.ids_cache[j]
         else:
