@@ -55,6 +55,21 @@ def _scene_names(scenes: Sequence[str]) -> list[str]:
     return sorted(set(scenes) - {NONECLASS}) + [NONECLASS]
 
 
+def _fold_indices(full_all: PrecompSplit, full: PrecompSplit, cfg: DataCfg, fold: int,
+                  where: str) -> tuple[list[int], list[int]]:
+    """Train/val indices of fold ``fold`` within ``full`` (the first ``data.max_images`` images of ``full_all``)."""
+    # fold k of a repeated random split is defined for any k; only kfold has exactly n_folds folds
+    n_folds = cfg.n_folds if cfg.protocol == "kfold" else max(cfg.n_folds, fold + 1)
+    # a fixed split names images of the whole file: resolve it there, then keep the images that max_images kept
+    source = full_all if cfg.protocol == "fixed" else full
+    folds = make_folds(source, cfg.protocol, n_folds, cfg.val_ratio, cfg.base_seed, cfg.split_dir)
+    if not 0 <= fold < len(folds):
+        raise ConfigError(f"fold {fold} requested but data.n_folds gives {len(folds)} fold(s){where}")
+    tr_idx, va_idx = folds[fold]
+    n = full.n_images
+    return [i for i in tr_idx if i < n], [i for i in va_idx if i < n]
+
+
 def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokenizer_state: dict | None = None,
                source: str = "", splits: Sequence[str] = ("train", "val", "test")) -> DataBundle:
     """Load the dataset of ``cfg`` and draw fold ``fold``.
@@ -82,15 +97,11 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
     if want_train and not has_train:
         raise FileNotFoundError(f"{folder} has no train_caps.txt{where}; this dataset can only be evaluated "
                                 "(give a tokenizer via data.vocab / a checkpoint and use splits=('test',))")
-    full = truncate(load_split(folder, "train", image_dir, False, ext), cfg.max_images) if has_train else None
+    full_all = load_split(folder, "train", image_dir, False, ext) if has_train else None
     train = val = None
-    if want_train and full is not None:
-        # fold k of a repeated random split is defined for any k; only kfold has exactly n_folds folds
-        n_folds = cfg.n_folds if cfg.protocol == "kfold" else max(cfg.n_folds, fold + 1)
-        folds = make_folds(full, cfg.protocol, n_folds, cfg.val_ratio, cfg.base_seed, cfg.split_dir)
-        if not 0 <= fold < len(folds):
-            raise ConfigError(f"fold {fold} requested but data.n_folds gives {len(folds)} fold(s){where}")
-        tr_idx, va_idx = folds[fold]
+    if want_train and full_all is not None:
+        full = truncate(full_all, cfg.max_images)
+        tr_idx, va_idx = _fold_indices(full_all, full, cfg, fold, where)
         train = full.subset(tr_idx, "train")
         val = full.subset(va_idx, "val") if va_idx else None
         log.info("fold %d (%s, seed %d): %d train / %d val images", fold, cfg.protocol, cfg.base_seed + fold,
@@ -106,7 +117,7 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
         tokenizer = tokenizer_from_state(tokenizer_state)
     else:
         tokenizer = build_tokenizer(cfg, train.captions if train is not None else None)
-    scene_names = _scene_names(full.scenes if full is not None else test.scenes)
+    scene_names = _scene_names(full_all.scenes if full_all is not None else test.scenes)
     keep = set(splits)
     return DataBundle(train if "train" in keep else None, val if "val" in keep else None, test, tokenizer,
                       scene_names)

@@ -1,4 +1,5 @@
 """build_data / train_loader / eval_loaders / model_context on the demo set and on hand-made folders."""
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,25 @@ def test_any_precomp_folder_and_missing_train_images(tmp_path):
     assert b.scene_ids(b.test) == [1, 1]  # a scene unseen in training maps to noneclass
     with pytest.raises(FileNotFoundError, match="dataset folder not found"):
         build_data(DataCfg(dataset="rsicd", root=str(tmp_path)))
+
+
+def test_fixed_protocol_on_real_names_with_max_images(shared_data, tmp_path):
+    """SWAN's fixed RSITMD split through build_data (placeholder images), also when max_images cuts the file."""
+    root = tmp_path / "root"
+    folder = root / "rsitmd_precomp"
+    folder.mkdir(parents=True)
+    for f in ("train_caps.txt", "train_filename.txt", "test_caps.txt", "test_filename.txt"):
+        (folder / f).symlink_to(shared_data / "precomp" / "rsitmd_precomp" / f)
+    (folder / "images").mkdir()
+    names = {n for f in ("train_filename.txt", "test_filename.txt")
+             for n in (shared_data / "precomp" / "rsitmd_precomp" / f).read_text().split()}
+    for n in names:
+        (folder / "images" / n).touch()
+    state = {"kind": "vocab", "words": ["<unk>"]}
+    cfg = DataCfg(dataset="rsitmd", root=str(root), protocol="fixed",
+                  split_dir=str(shared_data / "splits" / "rsitmd_fixed"))
+    b = build_data(cfg, tokenizer_state=state, run_dir=tmp_path / "run")
+    assert (b.train.n_images, b.val.n_images, b.test.n_images) == (3435, 856, 452)
+    assert b.train.n_captions + b.val.n_captions == 21455 and len(b.scene_names) == 34
+    small = build_data(dataclasses.replace(cfg, max_images=100), tokenizer_state=state)
+    assert small.train.n_images + small.val.n_images == 100 and small.scene_names == b.scene_names
