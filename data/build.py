@@ -163,7 +163,7 @@ def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple
     """(images once, captions once) loaders of a split, in file order, batch ``data.eval_batch_size``."""
     images = ImageDataset(split, build_transform(cfg.transform, False, cfg.image_size), bundle.scene_ids(split))
     captions = CaptionDataset(split, bundle.tokenizer)
-    kw = _loader_kwargs(cfg)
+    kw = dict(_loader_kwargs(cfg), persistent_workers=False)  # eval loaders are rebuilt per evaluation
     return (DataLoader(images, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=image_collate, **kw),
             DataLoader(captions, batch_size=cfg.eval_batch_size, shuffle=False,  # ids are precomputed: no workers
                        collate_fn=CaptionCollate(bundle.tokenizer)))

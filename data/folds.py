@@ -1,7 +1,8 @@
 """Seeded train/val protocols over the training images, split files, and a leakage check (METHODS.md A3, D1).
 
-Upstream draws each "fold" as an unseeded random 80/20 split of the train images and overwrites the split files in
-the shared data folder. Here every protocol is a pure function of its arguments, folds are returned as image index
+Upstream (xiaoyuan1996/GaLR and AMFMN ``k_fold`` option, mcx-mcx/KAMCL, kinshingpoon/SWAN-pytorch) draws each
+"fold" as an unseeded random 80/20 split of the train images and overwrites the split files in the shared data
+folder (METHODS.md D1). Here every protocol is a pure function of its arguments, folds are returned as image index
 lists (sorted, so subsets keep file order), and split files are written only where the caller says (the run dir).
 
 * ``random_8020``: fold k shuffles the N images with ``numpy.random.Generator(PCG64(base_seed + k))`` and takes

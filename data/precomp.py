@@ -1,5 +1,9 @@
 """Reader for the GaLR ``*_precomp`` caption folders (METHODS.md A1).
 
+The format is the one of xiaoyuan1996/GaLR (``data/*_precomp``), byte-identical in AMFMN, SWAN-pytorch, KAMCL and
+PE-RSITR. Deliberate differences from the upstream loaders: the image/caption maps are explicit (any number of
+captions per image), counts are checked, and missing images are reported before training starts.
+
 A split ``S`` of a folder is two text files, one entry per line: ``S_caps.txt`` (captions, the captions of one image
 on consecutive lines) and ``S_filename.txt`` in one of two layouts:
 
