@@ -25,7 +25,8 @@ def test_run_layout_and_test_py_reproduces_final_evaluation(tiny_vse_run, tmp_pa
 
 
 def test_best_is_chosen_on_validation(tiny_vse_run):
-    rows = [json.loads(line) for line in (tiny_vse_run / "metrics.jsonl").read_text().splitlines() if "epoch" in line]
+    rows = [json.loads(line) for line in (tiny_vse_run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "epoch" in r]
     best_epoch = max(range(len(rows)), key=lambda i: (rows[i]["val/mR"], -i))
     assert torch.load(tiny_vse_run / "best.pth", weights_only=True)["best_epoch"] == best_epoch
 
