@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--grid", help="write a PNG of the top results with the query as title")
     p.add_argument("--cols", type=int, default=5, help="tiles per row of --grid")
+    p.add_argument("--panel", type=int, default=224, help="tile side of --grid in pixels")
     p.add_argument("--resume", help="checkpoint (default: the one recorded in the index)")
     p.add_argument("--shortlist", type=int, default=200, help="candidates re-scored for non-cosine methods")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
@@ -118,7 +119,7 @@ def print_results(title: str, rows: list[tuple[float, str]]) -> None:
         print(f"{r:3d}  {score:.4f}  {what}")
 
 
-def save_grid(path: str, title: str, index: ImageIndex, scores: list, ids: list, cols: int) -> None:
+def save_grid(path: str, title: str, index: ImageIndex, scores: list, ids: list, cols: int, panel: int) -> None:
     """Draw the results (query as title) and write the PNG atomically."""
     panels = []
     for r, (s, i) in enumerate(zip(scores, ids), 1):
@@ -128,7 +129,7 @@ def save_grid(path: str, title: str, index: ImageIndex, scores: list, ids: list,
         except (OSError, UnidentifiedImageError):
             pic = None  # moved or unreadable since indexing: a grey "missing" tile
         panels.append(Panel(pic, f"#{r}  {s:.3f}\n{Path(index.files[i]).name}"))
-    grid, _ = draw_grid(title, panels, cols=cols)
+    grid, _ = draw_grid(title, panels, cols=cols, panel=panel)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         order = np.argsort(-sim, kind="stable")[:args.topk]
         print_results(f"captions for {Path(args.image).name}", [(float(sim[j]), caps[j]) for j in order])
     if args.grid:
-        save_grid(args.grid, title, index, scores, ids, args.cols)
+        save_grid(args.grid, title, index, scores, ids, args.cols, args.panel)
     return 0
 
 

@@ -61,10 +61,14 @@ def pick(count: int, n: int, seed: int | None) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(count, size=n, replace=False).tolist())
 
 
-def gt_rank(scores: np.ndarray, gt: list[int]) -> int:
-    """1-based rank of the best-ranked ground-truth item (ties count against it, as the metrics do)."""
-    best = max(scores[g] for g in gt)
-    return int((scores > best).sum()) + 1
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Indices by decreasing score; ties keep file order (identical template captions tie exactly)."""
+    return np.argsort(-scores, kind="stable")
+
+
+def gt_rank(order: np.ndarray, gt: list[int]) -> int:
+    """1-based position of the first ground-truth item in ``order`` (the ranking the picture shows)."""
+    return int(np.flatnonzero(np.isin(order, gt))[0]) + 1
 
 
 def split_scores(loaded: Any, split_name: str, device: torch.device) -> tuple[Any, np.ndarray]:
@@ -102,9 +106,10 @@ def text_to_image(split: Any, sim: np.ndarray, caps: list[int], k: int, out: Pat
     records = []
     for q, c in enumerate(caps):
         scores = sim[:, c]
-        top = np.argsort(-scores, kind="stable")[:k].tolist()
+        order = ranking(scores)
+        top = order[:k].tolist()
         gt = split.txt2img[c]
-        rank = gt_rank(scores, [gt])
+        rank = gt_rank(order, [gt])
         panels = [Panel(_open(split.image_path(i)), f"#{r}  {scores[i]:.3f}\n{split.filenames[i]}", i == gt)
                   for r, i in enumerate(top, 1)]
         pic, _ = draw_grid(f"{split.captions[c]}   [ground truth at rank {rank}]", panels, cols=k)
@@ -119,9 +124,10 @@ def image_to_text(split: Any, sim: np.ndarray, imgs: list[int], k: int, out: Pat
     records = []
     for q, i in enumerate(imgs):
         scores = sim[i]
-        top = np.argsort(-scores, kind="stable")[:k].tolist()
+        order = ranking(scores)
+        top = order[:k].tolist()
         gts = set(split.img2txt[i])
-        rank = gt_rank(scores, sorted(gts))
+        rank = gt_rank(order, sorted(gts))
         rows = [(f"#{r}  {scores[c]:.3f}  {split.captions[c]}", c in gts) for r, c in enumerate(top, 1)]
         pic, _, _ = draw_caption_panel(_open(split.image_path(i)),
                                        f"{split.filenames[i]}   [first ground truth at rank {rank}]", rows)

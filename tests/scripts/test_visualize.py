@@ -65,3 +65,14 @@ def test_caption_panel_rows():
     assert all(a[3] <= b[1] for a, b in zip(row_boxes, row_boxes[1:]))  # rows do not overlap
     green = np.asarray(pic.crop(row_boxes[1]))
     assert (green == np.array(GT, dtype=np.uint8)).all(axis=2).sum() > 20  # ground-truth row drawn in green
+
+
+def test_gt_rank_follows_the_shown_order():
+    from scripts.visualize import gt_rank, pick, ranking
+
+    scores = np.array([0.5, 0.9, 0.5, 0.1, 0.5])
+    order = ranking(scores)
+    assert order.tolist() == [1, 0, 2, 4, 3]  # ties in file order
+    assert gt_rank(order, [2]) == 3 and gt_rank(order, [3, 4]) == 4 and gt_rank(order, [1]) == 1
+    assert pick(10, 3, None) == [0, 4, 9] and pick(2, 5, None) == [0, 1]
+    assert len(set(pick(100, 8, seed=1))) == 8
