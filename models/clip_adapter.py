@@ -28,6 +28,10 @@ open_clip file (see models/encoders/clip.py); fp16 only with ``precision: fp16``
 CPU). Upstream checkpoints (``PE_RSITR.model.*`` = OpenAI CLIP layout, ``PE_RSITR.Uniadapt.*`` = the adapter) load
 with ``model.init_from: upstream:PATH``; the adapter's upstream names are mapped in :data:`UPSTREAM_ADAPTER_NAMES`.
 The training recipe (optimiser, lr, epochs, HMMC weights) is unpublished: the configs are a re-implementation.
+``upstream_compat`` changes nothing here: rsitr's fp32 computation (adapter in float32, ``mlp + adapter`` added to the
+residual in upstream's order, end-of-text pooling, QuickGELU with ``quick_gelu: true``) already is upstream's CPU
+path; upstream's GPU numbers (fp16 CLIP) need ``precision: fp16``.
+Other architectures: ``--set model.params.arch=ViT-L-14 --set model.embed_dim=768`` with matching weights.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """clip_finetune / clip_zeroshot and the CLIP builder: local weight files in every supported layout round-trip
 through the config path, missing files fail clearly, trainable sets, logit-scale clamp, fp16 precision."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from engine.config import ConfigError, ModelCfg, load_config
 from models.base import ModelContext
 from models.clip_finetune import ClipFinetune, ClipZeroShot
-from models.encoders.clip import build_clip, read_clip_state
+from models.encoders.clip import arch_embed_dim, build_clip, read_clip_state
 from models.registry import build_model
 
 TINY_ZS = "configs/tests/tiny_clip_zeroshot.yaml"
@@ -147,3 +148,21 @@ def test_trim_text_matches_the_full_context(source, tmp_path):
                                    rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(trimmed.encode_text({"tokens": tokens[:2]}), model.encode_text(tokens[:2]),
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*_clip_*.yaml"))
+                         + sorted(str(p) for p in Path("configs/tests").glob("tiny_clip_*.yaml")))
+def test_configs_validate(path):
+    from engine.config import parse_params
+    from losses import build_criterion
+    from models.registry import MODELS, list_models
+
+    cfg = load_config(path)
+    list_models()
+    params = parse_params(MODELS.get(cfg.model.name).Params, cfg.model.params, "model.params", path)
+    build_criterion(cfg.loss, path)
+    assert cfg.data.tokenizer == "clip" and cfg.model.embed_dim == arch_embed_dim(params.arch)
+    if "tiny" not in path:
+        assert (cfg.data.dataset, cfg.data.transform, cfg.data.image_size) == (Path(path).stem.split("_")[0], "clip", 224)
+        assert cfg.model.pretrained and params.weights == "pretrained/ViT-B-32.pt" and params.arch == "ViT-B-32"
+        assert params.quick_gelu  # OpenAI weights
