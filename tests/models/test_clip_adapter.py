@@ -12,7 +12,7 @@ from models.base import ModelContext
 from models.clip_adapter import AdaptedBlock, MRSAdapter
 from models.encoders import clip as clip_enc
 from models.encoders.clip import build_clip
-from models.registry import build_model, load_upstream
+from models.registry import build_model, init_from
 
 TINY = {"arch": "rsitr-tiny", "bottleneck": 32, "shared_dim": 16}
 
@@ -74,8 +74,6 @@ def test_upstream_checkpoint_loads_every_key(vitb32, upstream_keys, tmp_path):
     state = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
     path = tmp_path / "pe_rsitr.pth"
     torch.save({"model": state}, path)
-    from models.registry import init_from
-
     report = init_from(vitb32, f"upstream:{path}")
     assert report["unplaced"] == [] and report["shape_mismatch"] == [] and report["missing"] == []
     own = vitb32.state_dict()
@@ -228,3 +226,41 @@ def test_adapter_sizes_follow_the_tower_widths(monkeypatch):
     with pytest.raises(ConfigError, match="embed_dim: 16"):
         build_model(ModelCfg(name="clip_adapter", embed_dim=512, pretrained=False, params={"arch": "asym"}),
                     ModelContext())
+
+
+def _upstream_forward(model, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """PE-RSITR's forward_image / forward_text (upstream's loop over the blocks, LND layout), written out with this
+    model's modules: x += attn(ln_1 x); adapt = adapter(x); x = x + (mlp(ln_2 x) + adapt)."""
+    clip, a = model.clip, model.adapter
+
+    def blocks(x, resblocks, mode, mask):
+        for blk in resblocks:
+            h = blk.ln_1(x)
+            x = x + blk.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+            adapt = a(x, mode)
+            x = x + (blk.mlp(blk.ln_2(x)) + adapt)
+        return x
+
+    v = clip.visual
+    x = v.conv1(b["images"]).flatten(2).permute(0, 2, 1)
+    x = torch.cat([v.class_embedding.expand(x.shape[0], 1, -1), x], dim=1) + v.positional_embedding
+    x = blocks(v.ln_pre(x), v.transformer.resblocks, "visual", None)
+    img = v.ln_post(x[:, 0, :]) @ v.proj
+    tok = b["tokens"]
+    x = blocks(clip.token_embedding(tok) + clip.positional_embedding, clip.transformer.resblocks, "text", clip.attn_mask)
+    txt = clip.ln_final(x)[torch.arange(tok.shape[0]), tok.argmax(dim=-1)] @ clip.text_projection
+    return img, txt
+
+
+def test_embeddings_match_the_upstream_forward():
+    model = _tiny()
+    _randomise_adapter(model)
+    model.eval()
+    b = _batch()
+    with torch.no_grad():
+        img, txt = _upstream_forward(model, b)
+        torch.testing.assert_close(model.encode_image(b), img, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.encode_text(b), txt, rtol=1e-5, atol=1e-5)
+        sims = model.similarity(model.encode_image(b), model.encode_text(b))
+        ref = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
+        torch.testing.assert_close(sims, ref, rtol=1e-5, atol=1e-5)

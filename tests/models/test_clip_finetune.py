@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import ConfigError, ModelCfg, load_config
+from engine.config import ModelCfg, load_config
 from models.base import ModelContext
 from models.clip_finetune import ClipFinetune, ClipZeroShot
 from models.encoders.clip import arch_embed_dim, build_clip, read_clip_state
