@@ -223,6 +223,12 @@ def test_adapter_sizes_follow_the_tower_widths(monkeypatch):
     assert a.text_up.weight.shape == (44, 8) and a.visual_up.weight.shape == (92, 8) and a.shared_up.weight.shape == (4, 8)
     out = model(_batch(2, 32))
     assert out["img_emb"].shape == (2, 16) and out["txt_emb"].shape == (2, 16)
+    # ViT-L-14 (text 768, visual 1024 wide; upstream cannot build it): the same formula gives 227,136 parameters
+    import open_clip
+
+    cfg = open_clip.get_model_config("ViT-L-14")
+    big = MRSAdapter(cfg["text_cfg"]["width"], cfg["vision_cfg"]["width"])
+    assert sum(p.numel() for p in big.parameters()) == 227_136
     with pytest.raises(ConfigError, match="embed_dim: 16"):
         build_model(ModelCfg(name="clip_adapter", embed_dim=512, pretrained=False, params={"arch": "asym"}),
                     ModelContext())
