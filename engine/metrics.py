@@ -141,18 +141,19 @@ class _RankCounter:
         self.row_order, self.row_bounds = _tile_bounds((img // self.R) * self.n_cb + self.b // self.C, n_tiles)
         self.cnt_i = torch.zeros(n_img, dtype=torch.float64, device=dev)
         self.cnt_t = torch.zeros(n_cap, dtype=torch.float64, device=dev)
-        self.mask = torch.empty(self.R * self.C, dtype=torch.float32, device=dev)
-        self.ones = torch.ones(max(self.R, self.C), dtype=torch.float32, device=dev)
+        # 0/1 masks in the tile's own dtype: a comparison that also converts dtype runs far slower on CPU.
+        self.mask = torch.empty(0, dtype=pair.dtype, device=dev)
+        self.ones = self.mask
 
     def add(self, tile: Tensor, r0: int, c0: int) -> None:
         """Count, for one tile ``S[r0:r0+h, c0:c0+w]``, the items placed before each ground truth."""
         h, w = tile.shape
-        m = self.mask[: h * w].view(h, w)
+        m = self._mask(h, w, tile.dtype)
         if self.do_i2t:
             # Tile right of the best GT index: ties are placed first (higher index) -> ">=" via nextafter.
             thr = torch.where(self.b[r0:r0 + h] < c0, self.g_down[r0:r0 + h], self.g[r0:r0 + h])
             torch.gt(tile, thr[:, None].to(tile.dtype), out=m)
-            self.cnt_i[r0:r0 + h] += torch.mv(m, self.ones[:w])
+            self.cnt_i[r0:r0 + h] += m.sum(1)  # row sums: a plain reduction beats gemv here
         if self.do_t2i:
             thr = torch.where(self.t2i[c0:c0 + w] < r0, self.gt_down[c0:c0 + w], self.gt[c0:c0 + w])
             torch.gt(tile, thr[None, :].to(tile.dtype), out=m)
@@ -175,16 +176,28 @@ class _RankCounter:
             if q0 < q1:
                 self._fix_i2t(tile, r0, c0, self.row_order[q0:q1], cols, rows, vals, m)
 
+    def _mask(self, h: int, w: int, dtype: torch.dtype) -> Tensor:
+        # Counts summed in half precision would not be exact: those tiles get a float32 mask.
+        dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        if self.mask.dtype != dtype or self.mask.numel() < self.R * self.C:
+            self.mask = torch.empty(self.R * self.C, dtype=dtype, device=self.mask.device)
+            self.ones = torch.ones(max(self.R, self.C), dtype=dtype, device=self.mask.device)
+        return self.mask[: h * w].view(h, w)
+
     def _fix_t2i(self, tile: Tensor, r0: int, c0: int, cols: Tensor, rows: Tensor, vals: Tensor, m: Tensor) -> None:
         """Columns whose GT row lies in this tile: the fast pass used a strict ">", so add the ties placed first
         (equal score, higher row index) and remove the GT pair itself."""
-        h, w = tile.shape
+        h = tile.shape[0]
         gt = self.gt[cols].to(tile.dtype)
         self.cnt_t[cols] -= (vals > gt).double()
-        # Ties are rare: count equal items per column in one pass and go exact only where more than the GT is equal.
-        torch.eq(tile, self.gt[None, c0:c0 + w].to(tile.dtype), out=m)
-        n_eq = torch.mv(m.t(), self.ones[:h])[cols - c0]
-        sus = n_eq > (vals == gt).float()
+        # Ties are rare: count equal items per column over the only region where they matter (rows below the
+        # highest GT row, the span of GT columns) in one pass, and go exact only where more than the GT is equal.
+        lo_r, lo_c, hi_c = int(rows.min()) - r0, int(cols.min()) - c0, int(cols.max()) - c0 + 1
+        sub = tile[lo_r:, lo_c:hi_c]
+        eq = self.mask[: sub.numel()].view(sub.shape)
+        torch.eq(sub, self.gt[None, c0 + lo_c:c0 + hi_c].to(tile.dtype), out=eq)
+        n_eq = torch.mv(eq.t(), self.ones[: sub.shape[0]])[cols - c0 - lo_c]
+        sus = n_eq > (vals == gt).to(n_eq.dtype)
         if sus.any():
             sc, sr = cols[sus], rows[sus]
             below = torch.arange(r0, r0 + h, device=tile.device)[:, None] > sr[None, :]
@@ -195,25 +208,31 @@ class _RankCounter:
                  vals: Tensor, m: Tensor) -> None:
         """Rows whose best GT caption lies in this tile: the fast pass used a strict ">", so add the non-GT ties
         with a higher caption index."""
-        h, w = tile.shape
+        w = tile.shape[1]
         best_rows = best_rows[self.has_cap[best_rows]]
         if len(best_rows) == 0:
             return
-        g = self.g[r0:r0 + h].to(tile.dtype)
-        torch.eq(tile, g[:, None], out=m)
-        n_eq = torch.mv(m, self.ones[:w])
-        gt_eq = torch.zeros(h, dtype=n_eq.dtype, device=tile.device)
-        gt_eq.index_add_(0, rows - r0, (vals == g[rows - r0]).to(n_eq.dtype))
-        sus = best_rows[n_eq[best_rows - r0] > gt_eq[best_rows - r0]]
+        g = self.g.to(tile.dtype)
+        # Detection pass over the rows of interest and the columns right of their leftmost best GT only.
+        lo_r, hi_r = int(best_rows.min()) - r0, int(best_rows.max()) - r0 + 1
+        lo_c = int(self.b[best_rows].min()) - c0
+        sub = tile[lo_r:hi_r, lo_c:]
+        eq = self.mask[: sub.numel()].view(sub.shape)
+        torch.eq(sub, g[r0 + lo_r:r0 + hi_r, None], out=eq)
+        n_eq = eq.sum(1)
+        inside = (rows - r0 >= lo_r) & (rows - r0 < hi_r) & (cols - c0 >= lo_c)
+        gt_eq = torch.zeros(hi_r - lo_r, dtype=n_eq.dtype, device=tile.device)
+        gt_eq.index_add_(0, (rows - r0 - lo_r)[inside], (vals == g[rows])[inside].to(n_eq.dtype))
+        sus = best_rows[n_eq[best_rows - r0 - lo_r] > gt_eq[best_rows - r0 - lo_r]]
         if len(sus) == 0:
             return
-        pos = torch.full((h,), -1, dtype=torch.long, device=tile.device)
+        pos = torch.full((tile.shape[0],), -1, dtype=torch.long, device=tile.device)
         pos[sus - r0] = torch.arange(len(sus), device=tile.device)
         is_gt = torch.zeros(len(sus), w, dtype=torch.bool, device=tile.device)
         keep = pos[rows - r0] >= 0
         is_gt[pos[rows - r0][keep], (cols - c0)[keep]] = True
         capi = torch.arange(c0, c0 + w, device=tile.device)
-        ties = (tile[sus - r0] == g[sus - r0][:, None]) & (capi[None, :] > self.b[sus, None]) & ~is_gt
+        ties = (tile[sus - r0] == g[sus][:, None]) & (capi[None, :] > self.b[sus, None]) & ~is_gt
         self.cnt_i[sus] += ties.sum(1).double()
 
     def ranks(self) -> tuple[Tensor, Tensor]:
