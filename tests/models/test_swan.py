@@ -24,7 +24,7 @@ def _ctx() -> ModelContext:
     return ModelContext(vocab_words=WORDS, vocab_size=len(WORDS) + 1, scene_names=["a", "b"])
 
 
-def _batch(b: int = 4, side: int = 64) -> dict:
+def _batch(b: int = 4, side: int = 32) -> dict:
     g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([5, 3, 1, 4][:b])
     tokens = torch.zeros(b, 6, dtype=torch.long)
