@@ -35,7 +35,7 @@ from torch import Tensor
 __all__ = ["retrieval_metrics", "retrieval_metrics_from_embeddings", "ranks_from_matrix", "metrics_from_ranks",
            "scene_recall", "txt2img_from_counts", "txt2img_from_img2txt", "img2txt_from_txt2img"]
 
-DEFAULT_BLOCK = (256, 1024)  # matrix path: a float32 mask of this size stays in L2 cache
+DEFAULT_BLOCK = (256, 2048)  # matrix path: a mask of this size stays in L2/L3 cache; few tiles
 EMB_BLOCK = (1024, 2048)  # embeddings path: large enough for an efficient GEMM
 TileFn = Callable[[int, int, int, int], Tensor]
 
@@ -144,21 +144,41 @@ class _RankCounter:
         # 0/1 masks in the tile's own dtype: a comparison that also converts dtype runs far slower on CPU.
         self.mask = torch.empty(0, dtype=pair.dtype, device=dev)
         self.ones = self.mask
+        # Per-block thresholds, shaped for broadcasting, and the python-side range of the index that decides
+        # between ">" and ">=": most tiles lie entirely on one side and then need no per-tile tensor work.
+        self.rblk = [self._block(self.g, self.g_down, self.b, self.has_cap, r0, self.R, n_cap, True)
+                     for r0 in range(0, n_img, self.R)]
+        self.cblk = [self._block(pair, self.gt_down, t2i, None, c0, self.C, n_img, False)
+                     for c0 in range(0, n_cap, self.C)]
+
+    @staticmethod
+    def _block(v: Tensor, v_down: Tensor, idx: Tensor, valid: Tensor | None, s: int, n: int, big: int,
+               column: bool) -> tuple:
+        sl = slice(s, s + n)
+        ok = idx[sl] if valid is None else idx[sl][valid[sl]]
+        lo, hi = (int(ok.min()), int(ok.max())) if len(ok) else (big, -1)
+        shape = (-1, 1) if column else (1, -1)
+        return v[sl].view(shape), v_down[sl].view(shape), idx[sl].view(shape), lo, hi
+
+    def _thr(self, blk: tuple, start: int, dtype: torch.dtype) -> Tensor:
+        """Threshold per line: ">=" (v_down) where the GT index is below ``start`` (ties placed first), else ">"."""
+        v, v_down, idx, lo, hi = blk
+        thr = v_down if hi < start else v if lo >= start else torch.where(idx < start, v_down, v)
+        return thr if thr.dtype == dtype else thr.to(dtype)
 
     def add(self, tile: Tensor, r0: int, c0: int) -> None:
         """Count, for one tile ``S[r0:r0+h, c0:c0+w]``, the items placed before each ground truth."""
         h, w = tile.shape
         m = self._mask(h, w, tile.dtype)
+        rb, cb = r0 // self.R, c0 // self.C
         if self.do_i2t:
             # Tile right of the best GT index: ties are placed first (higher index) -> ">=" via nextafter.
-            thr = torch.where(self.b[r0:r0 + h] < c0, self.g_down[r0:r0 + h], self.g[r0:r0 + h])
-            torch.gt(tile, thr[:, None].to(tile.dtype), out=m)
+            torch.gt(tile, self._thr(self.rblk[rb], c0, tile.dtype), out=m)
             self.cnt_i[r0:r0 + h] += m.sum(1)  # row sums: a plain reduction beats gemv here
         if self.do_t2i:
-            thr = torch.where(self.t2i[c0:c0 + w] < r0, self.gt_down[c0:c0 + w], self.gt[c0:c0 + w])
-            torch.gt(tile, thr[None, :].to(tile.dtype), out=m)
+            torch.gt(tile, self._thr(self.cblk[cb], r0, tile.dtype), out=m)
             self.cnt_t[c0:c0 + w] += torch.mv(m.t(), self.ones[:h])
-        k = (r0 // self.R) * self.n_cb + c0 // self.C
+        k = rb * self.n_cb + cb
         p0, p1 = self.pair_bounds[k], self.pair_bounds[k + 1]
         q0, q1 = self.row_bounds[k], self.row_bounds[k + 1]
         if p0 == p1 and q0 == q1:
@@ -268,8 +288,9 @@ def ranks_from_matrix(sim: Tensor, txt2img: Tensor, *, block: int | tuple[int, i
     """
     if sim.ndim != 2:
         raise ValueError(f"sim must be 2-D [N_img, N_cap], got shape {tuple(sim.shape)}")
-    # A float64 sum is finite iff every entry is (for float32 input; float64 input this large is not a score).
-    if not torch.isfinite(sim.sum(dtype=torch.float64)) and not torch.isfinite(sim).all():
+    # Fast check first: a sum is finite when every entry is; only an overflowing or non-finite sum needs the
+    # exact (slower) element-wise test.
+    if not torch.isfinite(sim.sum()) and not torch.isfinite(sim).all():
         raise ValueError("sim contains NaN or inf")
     n_img, n_cap = sim.shape
     t = _check_map(txt2img, n_img, n_cap, sim.device)
