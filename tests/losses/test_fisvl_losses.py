@@ -119,7 +119,7 @@ def test_load_caption_weights(tmp_path):
 
 
 @pytest.mark.parametrize("config,switch", [("configs/rsitmd_fisvl.yaml", 10), ("configs/rsicd_fisvl.yaml", 10),
-                                           ("configs/tests/tiny_fisvl.yaml", 2)])
+                                           ("configs/tests/tiny_fisvl.yaml", 3)])
 def test_value_guided_schedule_switches(config, switch):
     crit = build_criterion(load_config(config).loss)
     assert crit.active(switch - 1) == ["infonce", "affiliation", "fisvl_scene"]

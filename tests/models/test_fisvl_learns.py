@@ -1,4 +1,4 @@
-"""FISVL learns: the tiny config (value-guided switch at epoch 2) trained briefly on the demo data through
+"""FISVL learns: the tiny config (value-guided switch at epoch 3) trained briefly on the demo data through
 train.main reaches a test mR far above chance."""
 import pytest
 

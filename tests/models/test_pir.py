@@ -17,7 +17,7 @@ def make_batch(n: int = 6, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.tensor([7, 5, 3, 2, 6, 4])[:n]
     tokens = torch.randint(1, 50, (n, 7), generator=g) * (torch.arange(7)[None] < lengths[:, None])
-    return {"images": torch.randn(n, 3, 64, 64, generator=g), "tokens": tokens, "lengths": lengths,
+    return {"images": torch.randn(n, 3, 32, 32, generator=g), "tokens": tokens, "lengths": lengths,
             "attention_mask": (tokens != 0).long(), "img_ids": torch.tensor([0, 0, 1, 1, 2, 2])[:n],
             "scene_ids": torch.tensor([0, 0, 0, 0, 1, 1])[:n], "cap_weight": torch.ones(n)}
 

@@ -11,7 +11,7 @@ from models.encoders.swin import build_swin, convert_swin_upstream, swin_state_t
 from models.registry import build_model
 
 CTX = ModelContext(vocab_words=[f"w{i}" for i in range(1, 49)] + ["<unk>"], vocab_size=50, scene_names=["a", "b"])
-SWIN = dict(img_size=64, embed_dim=16, depths=(1, 1), heads=(1, 2), window=4, drop_path=0.0)
+SWIN = dict(img_size=32, embed_dim=16, depths=(1, 1), heads=(1, 2), window=4, drop_path=0.0)
 BERT = dict(vocab_size=50, hidden=32, layers=1, heads=2, intermediate=64, max_positions=64)
 
 
@@ -44,7 +44,7 @@ def _pretrained_model(name, d, swin_file):
 def test_local_assets_round_trip(assets, name, swin_file):
     d, swin, bert, resnet = assets
     model = _pretrained_model(name, d, swin_file)
-    images = torch.randn(2, 3, 64, 64)
+    images = torch.randn(2, 3, 32, 32)
     tokens = torch.randint(1, 50, (2, 6))
     with torch.no_grad():
         assert torch.allclose(swin_tokens(model.vision_encoder, images), swin_tokens(swin, images), atol=1e-6)
