@@ -14,7 +14,9 @@ IEEE TGRS 2022. Upstream: https://github.com/xiaoyuan1996/GaLR (read at 60d65760
 Local-feature source (``model.params.local_source``):
 
 * ``npy`` (RSITMD / RSICD configs): the upstream DREA file at ``model.params.local_path``, looked up through
-  ``batch["filenames"]`` (key ``<image stem>.txt``; a missing image is a clear KeyError). The upstream repository
+  ``batch["filenames"]`` (key ``<image stem>.txt``; a missing image is a clear KeyError). With
+  ``model.pretrained: false`` and no file at that path the local inputs are zeros (smoke runs, model_info; a
+  warning says so); with ``model.pretrained: true`` a missing file is an error. The upstream repository
   ships them as ``detection/representation/RSITMD/rsitmd_local.npy`` and ``.../RSICD/rsicd_local.npy``.
 * ``backbone`` (UCM / Sydney configs, or any dataset without DREA files): an rsitr variant that pools the ResNet
   f4 map into 20 region nodes with a cosine-similarity adjacency (a 1x1 conv of 512 x 20 extra weights).
@@ -42,6 +44,7 @@ Deliberate differences from upstream (each restorable):
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -57,6 +60,7 @@ from models.encoders.mvsa import MVSAImageTower, upstream_tower_keys
 from models.registry import MODELS
 
 LOCAL_SOURCES = ("npy", "zeros", "backbone")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,13 @@ class GaLR(RetrievalModel):
         self.image = MVSAImageTower(cfg.embed_dim, params.image_size, params.backbone, cfg.pretrained,
                                     params.resnet_weights, normalize=True)
         self.gcn = GCN(params.local_nodes, params.local_dim, cfg.embed_dim)
-        self.bank = LocalFeatureBank(params.local_path, params.local_nodes, params.local_dim) \
-            if params.local_source == "npy" else None
+        self.bank = None
+        if params.local_source == "npy":
+            if cfg.pretrained or os.path.isfile(params.local_path):
+                self.bank = LocalFeatureBank(params.local_path, params.local_nodes, params.local_dim)
+            else:  # random-init smoke runs (model_info, tests) without the data file: zero local inputs (C8)
+                log.warning("GaLR: %s not found and model.pretrained=false: the local inputs are zeros",
+                            params.local_path)
         if params.local_source == "backbone":
             self.regions = BackboneRegions(self.image.mvsa.solo_proj.in_features, params.local_nodes, params.local_dim)
         self.fusion = MIDF(cfg.embed_dim, params.fusion_heads, params.fusion_ffn, params.fusion_dropout,
@@ -113,7 +122,7 @@ class GaLR(RetrievalModel):
     def local_inputs(self, batch: Mapping[str, Any], feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(rep [B, N, dim], adj [B, N, N]) from the configured source."""
         f4 = feats["f4"]
-        if self.p.local_source == "npy":
+        if self.bank is not None:
             if "filenames" not in batch:
                 raise KeyError("GaLR with local_source=npy needs batch['filenames'] to look up local features")
             rep, adj = self.bank.lookup(list(batch["filenames"]), f4.device)

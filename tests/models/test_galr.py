@@ -167,6 +167,17 @@ def test_npy_source_uses_the_file_through_filenames(tmp_path):
     torch.testing.assert_close(got, expected)
 
 
+def test_npy_source_without_file_and_random_init_uses_zeros(tmp_path):
+    cfg = _tiny_cfg("model.params.local_source=npy", f"model.params.local_path={tmp_path}/absent.npy")
+    model = build_model(cfg.model, CTX).eval()
+    assert model.bank is None
+    batch = _batch(b=2)
+    with torch.no_grad():
+        g, _ = model.image(batch["images"])
+        expected = model.fusion(g, model.gcn(torch.zeros(2, 4, 4), torch.zeros(2, 4, 8)))
+        torch.testing.assert_close(model.encode_image(batch), expected)
+
+
 def test_missing_pretrained_files_one_error(tmp_path):
     cfg = _tiny_cfg("model.pretrained=true", f"model.params.resnet_weights={tmp_path}/r18.pth",
                     f"model.params.skipthought_dir={tmp_path}/st", "model.params.local_source=npy",
