@@ -27,6 +27,8 @@ Deliberate differences from upstream:
 * The unused ResNet classifier ``fc`` is kept (checkpoints hold it) but frozen.
 * ``upstream_compat`` (default off) reads the sentence vector where upstream does for empty captions (L minus
   #pad, i.e. the last step), instead of at the first token.
+* The triplet loss (config) skips other captions of the same image as negatives (``mask_same_image: true``);
+  ``mask_same_image: false`` is the upstream loss. ``backbone: "timm:test_resnet"`` is for CPU tests only.
 * AMFMN's train transform never rotated (``RandomRotation(0, 90)`` means degrees=0); configs use ``transform: amfmn``.
 """
 from __future__ import annotations

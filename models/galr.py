@@ -40,6 +40,9 @@ Deliberate differences from upstream (each restorable):
 * Empty captions read the first GRU step; upstream reads the last -> ``upstream_compat: true``.
 * The unused ResNet ``fc`` is kept for checkpoint loading but frozen (no gradient either way upstream).
 * ``local_source: backbone`` / ``zeros`` do not exist upstream (DREA is unreleased, D6).
+* The triplet loss (config) skips other captions of the same image as negatives (``mask_same_image: true``, the
+  rsitr default); ``mask_same_image: false`` is the upstream loss.
+* ``backbone: "timm:test_resnet"`` (tiny random timm net) exists for CPU tests only.
 * Published checkpoints load with ``model.init_from: upstream:PATH`` (every key of upstream_keys/galr.txt).
 """
 from __future__ import annotations
