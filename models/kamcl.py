@@ -1,7 +1,8 @@
 """``kamcl``: knowledge-aided momentum contrastive learning (METHODS.md C4).
 
-Paper: Ji, Mei, et al., "Knowledge-Aided Momentum Contrastive Learning for Remote-Sensing Image Text Retrieval",
-IEEE TGRS 2023. Upstream: https://github.com/mcx-mcx/KAMCL (read for facts; this is rsitr's own code).
+Paper: Z. Ji, C. Meng, Y. Zhang, Y. Pang, X. Li, "Knowledge-Aided Momentum Contrastive Learning for Remote-Sensing
+Image Text Retrieval", IEEE TGRS 2023. Upstream: https://github.com/mcx-mcx/KAMCL (read for facts; this is rsitr's
+own code).
 
 Image (query encoder): ResNet-18 -> global = GPO over the f4 positions; low = GPO over the channels of
 [f1; up2(f2)] (each channel a token of (H/4)^2 values) -> Linear; high = spatial mean of [f3; up2(f4)] -> Linear;
@@ -83,7 +84,8 @@ class VisualEncoder(nn.Module):
         self.backbone.fc = nn.Identity()  # the classifier never reaches an embedding
         e = 4 if p.arch in ("resnet50", "resnet101") else 1
         if 512 * e != dim:
-            raise ValueError(f"kamcl: the global feature has {512 * e} channels ({p.arch} layer4) but embed_dim is {dim}")
+            raise ValueError(f"kamcl: the global feature has {512 * e} channels ({p.arch} layer4) but embed_dim is "
+                             f"{dim}")
         self.gpo_global = GPO(p.gpo_dim, p.gpo_dim)
         self.low_gpo = GPO(p.gpo_dim, p.gpo_dim)
         self.low_fc = nn.Linear((p.image_size // 4) ** 2, dim)
@@ -199,8 +201,9 @@ class KAMCL(RetrievalModel):
             vk = F.normalize(self.visual_k(batch["images"])[0].float(), dim=-1)
             tk = F.normalize(self.text_k(*text)[0].float(), dim=-1)
         vq, tq = F.normalize(v.float(), dim=-1), F.normalize(t.float(), dim=-1)
-        out["logits_img"] = torch.cat([(vq * tk).sum(-1, keepdim=True), vq @ self.queue_tx.clone()], 1) / self.p.temperature
-        out["logits_txt"] = torch.cat([(tq * vk).sum(-1, keepdim=True), tq @ self.queue_im.clone()], 1) / self.p.temperature
+        temp = self.p.temperature
+        out["logits_img"] = torch.cat([(vq * tk).sum(-1, keepdim=True), vq @ self.queue_tx.clone()], 1) / temp
+        out["logits_txt"] = torch.cat([(tq * vk).sum(-1, keepdim=True), tq @ self.queue_im.clone()], 1) / temp
         self.enqueue("im", vk)
         self.enqueue("tx", tk)
         return out

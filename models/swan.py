@@ -1,6 +1,6 @@
 """``swan``: SWAN, the scene-aware aggregation network (METHODS.md C3).
 
-Paper: Pan, Ma, Bai, Wang, Wang, Xu, "Reducing Semantic Confusion: Scene-aware Aggregation Network for Remote
+Paper: J. Pan, Q. Ma, C. Bai, "Reducing Semantic Confusion: Scene-aware Aggregation Network for Remote
 Sensing Cross-modal Retrieval", ICMR 2023. Upstream: https://github.com/kinshingpoon/SWAN-pytorch (read for facts;
 this is rsitr's own code).
 
@@ -155,8 +155,10 @@ class TCGE(nn.Module):
         self.ga = GatedAttention(dim, heads, floor_div)
         self.dropout = nn.Dropout(0.2)
         self.mlp = MLP(dim, 2 * dim, dim, 0.1)
-        self.conv1d_block_22 = nn.Sequential(nn.Conv1d(dim, dim, 2, stride=2), nn.BatchNorm1d(dim), nn.ReLU(inplace=True))
-        self.conv1d_block_33 = nn.Sequential(nn.Conv1d(dim, dim, 3, stride=3), nn.BatchNorm1d(dim), nn.ReLU(inplace=True))
+        self.conv1d_block_22 = nn.Sequential(nn.Conv1d(dim, dim, 2, stride=2), nn.BatchNorm1d(dim),
+                                             nn.ReLU(inplace=True))
+        self.conv1d_block_33 = nn.Sequential(nn.Conv1d(dim, dim, 3, stride=3), nn.BatchNorm1d(dim),
+                                             nn.ReLU(inplace=True))
 
     def forward(self, c: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Args: c per-word features [B, L, D] (L = longest caption); lengths [B]. Returns: [B, D], unit norm."""

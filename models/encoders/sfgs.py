@@ -1,7 +1,7 @@
 """SFGS: the scene fine-grained sensing branch of SWAN, with its weighted self-attention (WSA).
 
-Paper: Pan et al., "Reducing Semantic Confusion: Scene-aware Aggregation Network for Remote Sensing Cross-modal
-Retrieval" (SWAN, ICMR 2023), upstream https://github.com/kinshingpoon/SWAN-pytorch. FISVL (JSTARS 2024,
+Paper: J. Pan, Q. Ma, C. Bai, "Reducing Semantic Confusion: Scene-aware Aggregation Network for Remote Sensing
+Cross-modal Retrieval" (SWAN, ICMR 2023), upstream https://github.com/kinshingpoon/SWAN-pytorch. FISVL (JSTARS 2024,
 https://github.com/zhouzihui2001/FISVL, ``models/resnet.py::LocalFeature``) reuses the same branch on 224 px inputs.
 
 Computation (METHODS.md C3), for the 64-channel ResNet stem output ``x`` [B, C, H, W]:
