@@ -11,7 +11,8 @@ Prints one table:
   tiles (same tile sizes, products written to a reused buffer and discarded), run in a child process so that its
   peak RSS (ru_maxrss) is its own.
 Every loop baseline is timed once in the same run; our functions take the best of ``--repeat`` runs. Inputs are
-random float64 (ties practically impossible, so both sides must agree, which the table checks).
+random float64 (ties practically impossible, so both sides must agree, which the table checks); ``--float32``
+adds float32 metric rows (ties do occur there, so "agree" may be False where numpy's unstable argsort breaks them).
 ``--quick``: RSICD-shape rows only and a 5k x 25k streamed case. Goals (issue 2): metrics >= 30x (RSICD) and >= 50x
 (NWPU), rerank >= 50x, streamed case peak RSS <= 3 GB and wall <= 1.3x the bare matmul.
 """
@@ -82,13 +83,13 @@ def best_of(fn, repeat: int) -> tuple[float, float, object]:
 
 
 # ------------------------------------------------------------------------------------------------------- rows
-def metric_row(name: str, n_img: int, repeat: int) -> dict:
-    S = torch.randn(n_img, 5 * n_img, generator=torch.Generator().manual_seed(n_img), dtype=torch.float64)
+def metric_row(name: str, n_img: int, repeat: int, dtype: torch.dtype = torch.float64) -> dict:
+    S = torch.randn(n_img, 5 * n_img, generator=torch.Generator().manual_seed(n_img), dtype=torch.float64).to(dtype)
     t2i = txt2img_from_counts([5] * n_img)
     ours, ours_cpu, m = best_of(lambda: retrieval_metrics(S, t2i), repeat)
     base, base_cpu, (ri, rt) = timed(lambda: loop_metrics(S.numpy()))
     agree = m["i2t_meanR"] == ri.mean() + 1 and m["t2i_meanR"] == rt.mean() + 1
-    return dict(what=f"metrics {name} {n_img}x{5 * n_img}", ours=ours, base=base, ours_cpu=ours_cpu,
+    return dict(what=f"metrics {name} {n_img}x{5 * n_img} {str(dtype)[6:]}", ours=ours, base=base, ours_cpu=ours_cpu,
                 base_cpu=base_cpu, agree=agree)
 
 
@@ -132,7 +133,7 @@ def big_row(shape: list[int], threads: int | None) -> dict:
 
 
 def print_table(rows: list[dict], big: dict | None) -> None:
-    print(f"\ntorch {torch.__version__}, threads {torch.get_num_threads()}, float64 random inputs\n")
+    print(f"\ntorch {torch.__version__}, threads {torch.get_num_threads()}, random inputs\n")
     print("wall = elapsed seconds; cpu = CPU seconds of this process (steadier when the machine is shared)")
     print(f"{'case':38}{'ours wall':>10}{'loop wall':>10}{'x wall':>8}{'ours cpu':>10}{'loop cpu':>10}{'x cpu':>8}"
           f"{'agree':>7}")
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip-big", action="store_true")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--float32", action="store_true", help="also time the metrics on float32 matrices")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--big-shape", type=int, nargs=3, default=None, metavar=("N_IMG", "N_CAP", "D"))
     p.add_argument("--big-child", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
@@ -162,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.big_child:
         big_child(*args.big_child)
         return 0
-    rows = [metric_row("RSICD", 1093, args.repeat)]
+    dtypes = [torch.float64] + ([torch.float32] if args.float32 else [])
+    rows = [metric_row("RSICD", 1093, args.repeat, dt) for dt in dtypes]
     if not args.quick:
-        rows.append(metric_row("NWPU", 3150, args.repeat))
+        rows += [metric_row("NWPU", 3150, args.repeat, dt) for dt in dtypes]
     rows.append(rerank_row(1093, args.repeat))
     big = None
     if not args.skip_big:

@@ -6,7 +6,8 @@ IEEE TGRS 2022. Upstream: github.com/xiaoyuan1996/GaLR, ``postprocessing/rerank.
 
 A rerank takes the similarity matrix S [N_img, N_cap] and returns TWO matrices of the same shape: ``i2t`` (S', read
 row-wise for image -> text) and ``t2i`` (S'', read column-wise for text -> image); t2i is the i2t procedure applied to
-Sᵀ and transposed back. Evaluate i2t on the first and t2i on the second (``retrieval_metrics(i2t, ..., sim_t2i=t2i)``).
+Sᵀ and transposed back. Evaluate i2t on the first and t2i on the second
+(``retrieval_metrics(i2t, txt2img, sim_t2i=t2i)``).
 
 i2t procedure for a query row i of a matrix X [n_q, n_c] (K <- max(10, K) for the weighted version):
   Fwd: the K best candidates t of row i, position j = 0..K-1; p1 = X[i,t] / sum_i' X[i',t];
