@@ -334,7 +334,7 @@ def retrieval_metrics(sim: Tensor, txt2img: Tensor, *, ks: Sequence[int] = (1, 5
         sim: [N_img, N_cap] similarity matrix (float32/float64, CPU or CUDA, finite).
         txt2img: LongTensor [N_cap], image index of each caption (any number of captions per image).
         ks: recall cut-offs.
-        block: tile size for the streaming count (memory: one float32 mask of that size).
+        block: tile size for the streaming count (memory: one 0/1 mask of that size in sim's dtype).
         sim_t2i: optional second [N_img, N_cap] matrix for the t2i direction (a rerank gives two matrices).
     Returns:
         Python floats: ``i2t_R{k}``, ``t2i_R{k}`` (percent), ``mR``, ``rsum``, ``i2t_medR``, ``t2i_medR``,
