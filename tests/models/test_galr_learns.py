@@ -28,4 +28,4 @@ def test_tiny_galr_learns_on_demo(tmp_path):
     got = json.loads((tmp_path / "t.json").read_text())
     assert got["n_images"] == 100 and got["method"] == "galr"
     chance = chance_mr()  # about 5.2
-    assert got["mR"] > chance + 10, f"mR {got['mR']:.2f} vs chance {chance:.2f}"
+    assert got["mR"] > chance + 15, f"mR {got['mR']:.2f} vs chance {chance:.2f}"
