@@ -30,6 +30,6 @@ def test_tiny_swan_learns(tmp_path: Path) -> None:
     assert test_entry.main(["--resume", str(run / "best.pth"), "--json", str(out)]) == 0
     metrics = json.loads(out.read_text())
     chance = chance_mr(metrics["n_images"], metrics["n_captions"] // metrics["n_images"])
-    assert 13 < chance < 16
+    assert 5 < chance < 6  # 100 images x 5 captions: about 5.3
     assert metrics["mR"] > chance + 10, (metrics["mR"], chance)
     assert any(k.startswith("i2t_SRR") or "SRR" in k for k in metrics), sorted(metrics)
