@@ -19,6 +19,7 @@ from engine import dist
 from engine.config import ConfigError, DataCfg
 from data.datasets import (CaptionCollate, CaptionDataset, CaptionTrainDataset, EpochSampler, ImageDataset,
                            TrainCollate, image_collate, seed_worker)
+from data.caption_weights import load_caption_weights
 from data.folds import leakage_report, make_folds, write_split_files
 from data.precomp import NONECLASS, PrecompSplit, check_image_files, load_split, truncate
 from data.presets import get_preset, resolve_folders
@@ -149,7 +150,9 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
         raise ValueError("train_loader needs a bundle built with the 'train' split")
     world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
     dataset = CaptionTrainDataset(bundle.train, bundle.tokenizer, build_transform(cfg.transform, True, cfg.image_size),
-                                  bundle.scene_ids(bundle.train), seed, cfg.word_deletion)
+                                  bundle.scene_ids(bundle.train), seed, cfg.word_deletion,
+                                  load_caption_weights(cfg.cap_weight_file, bundle.train.captions)
+                                  if cfg.cap_weight_file else None)
     try:
         sampler = EpochSampler(len(dataset), cfg.batch_size, seed=seed, rank=rank, world_size=world)
     except ValueError as e:

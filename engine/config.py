@@ -52,6 +52,7 @@ class DataCfg:
     max_tokens: int = 47  # longest token sequence kept
     drop_stopwords: bool = False  # drop stop-words at encode time (upstream keeps them as <unk>)
     word_deletion: float = 0.0  # training-time random word deletion probability (FISVL)
+    cap_weight_file: str = ""  # JSON of per-caption loss weights -> batch["cap_weight"] (data/caption_weights.py)
     transform: str = "galr"  # train/eval pipeline name (data/transforms.py)
     image_size: int = 256
     batch_size: int = 100  # global batch size (split over processes)

@@ -25,15 +25,13 @@ count (``batch["lengths"]``) and n̄ the mean count (``mean_length``, or the bat
     w_j = ``low`` (0.95) if n_j < ``avg_ratio`` (0.7) · n̄, else ``high`` (1.0),
 
 i.e. captions much shorter than average get slightly softer logits. ``weight_source: batch`` uses
-``batch["cap_weight"]`` instead (per-caption weights from a file, see :func:`load_caption_weights`).
+``batch["cap_weight"]`` instead (per-caption weights from a file, see :func:`data.caption_weights.load_caption_weights`, config key ``data.cap_weight_file``).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -164,24 +162,6 @@ def caption_weights(lengths: torch.Tensor, mean_length: float = 0.0, avg_ratio: 
     lengths = lengths.float()
     mean = mean_length if mean_length > 0 else float(lengths.mean())
     return torch.where(lengths < avg_ratio * mean, torch.full_like(lengths, low), torch.full_like(lengths, high))
-
-
-def load_caption_weights(path: str | Path, captions: Sequence[str]) -> list[float]:
-    """Per-caption weights from a JSON file, for the data side's ``cap_weight``.
-
-    Accepted files: a list of numbers (one per caption, in split order), a mapping caption -> weight, or
-    FISVL-style records ``[{"caption": ..., "length": weight}, ...]``. Captions missing from a mapping get 1.0.
-    """
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, list) and all(isinstance(x, (int, float)) for x in data):
-        if len(data) != len(captions):
-            raise ValueError(f"{path}: {len(data)} weights for {len(captions)} captions")
-        return [float(x) for x in data]
-    if isinstance(data, list):
-        data = {r["caption"]: r["length"] for r in data}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a list of weights, a caption -> weight mapping or FISVL records")
-    return [float(data.get(c, 1.0)) for c in captions]
 
 
 @LOSSES.register("weighted_infonce")

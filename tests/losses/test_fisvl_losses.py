@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
+from data.caption_weights import load_caption_weights
 from engine.config import load_config
 from losses import build_criterion
 from losses.fisvl import (SceneAdaptiveLoss, SceneLossParams, WeightedInfoNCELoss, WeightedInfoNCEParams,
-                          caption_weights, hardest_negatives, load_caption_weights, scene_adaptive_loss)
+                          caption_weights, hardest_negatives, scene_adaptive_loss)
 from losses.infonce import info_nce
 
 R = 1 / math.sqrt(2)
