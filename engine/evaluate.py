@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from engine.checkpoint import unwrap
-from engine.metrics import retrieval_metrics, scene_recall
+from engine.metrics import retrieval_metrics
+from engine.scene_recall import scene_recall
 from engine.train_loop import autocast, to_device
 
 RECALLS = ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10")

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from engine.metrics import (img2txt_from_txt2img, ranks_from_matrix, retrieval_metrics,
-                            retrieval_metrics_from_embeddings, scene_recall, txt2img_from_counts,
+                            retrieval_metrics_from_embeddings, txt2img_from_counts,
                             txt2img_from_img2txt)
+from engine.scene_recall import scene_recall
 
 
 def order(scores: list[float]) -> list[int]:
