@@ -8,6 +8,7 @@ import torch
 from engine.config import load_config
 from models.base import ModelContext
 from models.registry import build_model, init_from
+from tests.upstream_keys import read_upstream_keys
 
 RSITMD_WORDS = [f"word{i}" for i in range(1348)] + ["<unk>"]  # 1349 words incl. <unk>: embedding has 1350 rows
 PREFIXES = (
@@ -39,14 +40,6 @@ def _own_name(key: str) -> str | None:
     raise AssertionError(f"no expected place for {key}")
 
 
-def _read_keys(folder, method: str) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for line in (folder / f"{method}.txt").read_text().splitlines():
-        key, _, shape = line.partition(" [")
-        out[key] = tuple(int(d) for d in shape.rstrip("]").split(",") if d.strip())
-    return out
-
-
 def _random_state(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     state = {}
@@ -62,7 +55,7 @@ def _random_state(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]
 
 @pytest.mark.parametrize("method", ["galr", "amfmn"])
 def test_upstream_checkpoint_loads_every_key(method, upstream_keys, tmp_path):
-    shapes = _read_keys(upstream_keys, method)
+    shapes = {k: tuple(v) for k, v in read_upstream_keys(method).items()}
     state = _random_state(shapes)
     path = tmp_path / f"{method}_best.pth.tar"
     torch.save({"epoch": 3, "model": {f"module.{k}" if method == "amfmn" else k: v for k, v in state.items()}}, path)

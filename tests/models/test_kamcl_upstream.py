@@ -10,21 +10,11 @@ import torch
 from engine.config import load_config
 from models.base import ModelContext
 from models.registry import build_model, init_from
+from tests.upstream_keys import read_upstream_keys
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = ROOT / ".." / "shared" / "docs" / "upstream_keys" / "kamcl.txt"
 RSITMD_WORDS = 1349  # incl. <unk>; the upstream word table has 1350 rows
 DROPPED = ("extract_feature.resnet.fc.", "extract_feature.linear.", "high_module.gpo.")
-
-
-def _read_keys() -> dict[str, list[int]]:
-    if not KEYS.is_file():
-        pytest.skip(f"{KEYS} not available")
-    out = {}
-    for line in KEYS.read_text().splitlines():
-        key, _, shape = line.partition(" ")
-        out[key] = [int(s) for s in shape.strip("[] ").split(",") if s.strip()]
-    return out
 
 
 def _own_name(key: str) -> str | None:
@@ -52,7 +42,7 @@ def _own_name(key: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    keys = _read_keys()
+    keys = read_upstream_keys("kamcl")
     g = torch.Generator().manual_seed(0)
     state = {k: (torch.randn(s, generator=g) if s else torch.tensor(7)) for k, s in keys.items()}
     state["queue_ptr_im"] = torch.tensor([1200])

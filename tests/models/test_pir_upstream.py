@@ -11,24 +11,12 @@ import torch
 from engine.config import load_config
 from models.base import ModelContext
 from models.registry import build_model, init_from
+from tests.upstream_keys import read_upstream_keys
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY_DIR = ROOT / ".." / "shared" / "docs" / "upstream_keys"
 BERT_VOCAB = 30522
 DERIVED = ("relative_position_index", "attn_mask")  # Swin buffers timm recomputes from the architecture
 PIR_CONV = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
-
-
-def read_keys(method: str) -> dict[str, list[int]]:
-    """``key [d0, d1, ...]`` lines of upstream_keys/<method>.txt (skip when the shared folder is absent)."""
-    path = KEY_DIR / f"{method}.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    out = {}
-    for line in path.read_text().splitlines():
-        key, _, shape = line.partition(" ")
-        out[key] = [int(s) for s in shape.strip("[] ").split(",") if s.strip()]
-    return out
 
 
 def random_state(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
@@ -61,7 +49,7 @@ def own_name(key: str) -> str | None:
 
 
 def load_full_size(method: str, config: str, tmp_path_factory):
-    state = random_state(read_keys(method))
+    state = random_state(read_upstream_keys(method))
     path = tmp_path_factory.mktemp(method) / "checkpoint_best.pth"
     torch.save({"model": state, "config": {}}, path)
     cfg = load_config(ROOT / config, ["model.pretrained=false"])

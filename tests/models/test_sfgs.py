@@ -3,26 +3,14 @@ and the upstream key layout."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models.encoders.sfgs import MHAtt, SFGS, convert_sfgs_upstream
+from tests.upstream_keys import read_upstream_keys
 
-KEYS = Path(__file__).resolve().parents[2] / ".." / "shared" / "docs" / "upstream_keys"
-
-
-def _read_keys(name: str) -> dict[str, list[int]]:
-    path = KEYS / f"{name}.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    out = {}
-    for line in path.read_text().splitlines():
-        key, _, shape = line.partition(" ")
-        out[key] = [int(s) for s in shape.strip("[] ").split(",") if s.strip()]
-    return out
 
 
 def _reference(m: SFGS, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +107,7 @@ def test_upstream_attention_order_is_a_relabelling() -> None:
                                           ("fisvl", "conv_encoder.loc_fea1.conv_filter.",
                                            "conv_encoder.loc_fea1.sfgs.")])
 def test_upstream_keys_map_onto_sfgs(method: str, cf: str, sf: str) -> None:
-    keys = _read_keys(method)
+    keys = read_upstream_keys(method)
     state = {k: torch.randn(s) if s else torch.tensor(3) for k, s in keys.items()}
     converted, used = convert_sfgs_upstream(state, cf, sf, "x.")
     own = {f"x.{k}": v for k, v in SFGS().state_dict().items()}

@@ -10,20 +10,10 @@ import torch
 from engine.config import load_config
 from models.base import ModelContext
 from models.registry import build_model, init_from
+from tests.upstream_keys import read_upstream_keys
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = ROOT / ".." / "shared" / "docs" / "upstream_keys" / "swan.txt"
 RSITMD_WORDS = 1349  # RSITMD vocabulary incl. <unk> (METHODS.md A2); upstream pads the table to 8590 rows
-
-
-def _read_keys() -> dict[str, list[int]]:
-    if not KEYS.is_file():
-        pytest.skip(f"{KEYS} not available")
-    out = {}
-    for line in KEYS.read_text().splitlines():
-        key, _, shape = line.partition(" ")
-        out[key] = [int(s) for s in shape.strip("[] ").split(",") if s.strip()]
-    return out
 
 
 def _own_name(key: str) -> str:
@@ -39,7 +29,7 @@ def _own_name(key: str) -> str:
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    keys = _read_keys()
+    keys = read_upstream_keys("swan")
     g = torch.Generator().manual_seed(0)
     state = {k: (torch.randn(s, generator=g) if s else torch.tensor(7)) for k, s in keys.items()}
     path = tmp_path_factory.mktemp("swan") / "SWAN_best.pth.tar"
