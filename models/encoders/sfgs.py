@@ -28,11 +28,12 @@ roles), so training from scratch is unaffected.
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
 from torch import nn
+
+from models.encoders.blocks import MHAtt  # noqa: F401 - re-exported for SWAN/FISVL
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int, pool: int | None) -> nn.Sequential:
@@ -55,43 +56,6 @@ class FC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x [..., cin]. Returns: [..., cout]."""
         return self.dropout(torch.relu(self.linear(x)))
-
-
-class MHAtt(nn.Module):
-    """Multi-head attention with separate q/k/v/merge projections (upstream MCAN-style naming).
-
-    Args:
-        dim: model width (split over ``heads``).
-        heads: number of heads.
-        dropout: dropout on the attention map.
-        upstream_order: compute ``softmax(K Vᵀ/√d)·Q`` like the upstream code (see the module docstring).
-    """
-
-    def __init__(self, dim: int = 512, heads: int = 8, dropout: float = 0.1, upstream_order: bool = False) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"MHAtt: dim {dim} is not divisible by heads {heads}")
-        self.dim, self.heads, self.upstream_order = dim, heads, upstream_order
-        self.linear_v = nn.Linear(dim, dim)
-        self.linear_k = nn.Linear(dim, dim)
-        self.linear_q = nn.Linear(dim, dim)
-        self.linear_merge = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        return x.view(b, -1, self.heads, self.dim // self.heads).transpose(1, 2)  # [B, h, N, d]
-
-    def forward(self, v: torch.Tensor, k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Args: v, k, q [B, N, dim] (the same tensor for self-attention). Returns: [B, N, dim]."""
-        pv, pk, pq = self._split(self.linear_v(v)), self._split(self.linear_k(k)), self._split(self.linear_q(q))
-        if self.upstream_order:
-            # upstream att(k, q, v) receives (v, k, q): queries are the k-projection, keys the v-projection and the
-            # values the q-projection.
-            pq, pk, pv = pk, pv, pq
-        scores = pq @ pk.transpose(-2, -1) / math.sqrt(pq.shape[-1])
-        out = self.dropout(scores.softmax(dim=-1)) @ pv
-        return self.linear_merge(out.transpose(1, 2).reshape(v.shape[0], -1, self.dim))
 
 
 class WSA(nn.Module):
