@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="metrics / rerank / streamed-evaluation benchmark")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip-big", action="store_true")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--float32", action="store_true", help="also time the metrics on float32 matrices")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--big-shape", type=int, nargs=3, default=None, metavar=("N_IMG", "N_CAP", "D"))
