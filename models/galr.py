@@ -55,7 +55,7 @@ from typing import Any, Mapping
 import torch
 
 from engine.config import ConfigError, ModelCfg
-from models.amfmn import check_assets, text_tower
+from models.amfmn import AMFMNParams, check_assets, text_tower
 from models.base import ModelContext, RetrievalModel
 from models.encoders.galr_local import GCN, BackboneRegions, LocalFeatureBank
 from models.encoders.midf import MIDF, upstream_to_own
@@ -67,14 +67,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GaLRParams:
-    backbone: str = "resnet18"  # torchvision ResNet (upstream: resnet18)
-    resnet_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet weights, torchvision layout
-    skipthought_dir: str = "pretrained/skipthoughts"  # dictionary.txt, utable.npy, uni_skip.npz ("" = random)
-    image_size: int = 256  # must equal data.image_size (MVSA attention map is (image_size/16)^2)
-    dim_word: int = 620  # uni-skip word embedding size
-    dim_hidden: int = 2400  # uni-skip GRU hidden size
-    text_dropout: float = 0.25  # variational dropout inside the GRU (training)
+class GaLRParams(AMFMNParams):
+    """AMFMN's tower settings plus the local branch and MIDF fusion."""
+
     local_source: str = "npy"  # npy (upstream DREA file) | backbone (rsitr variant) | zeros (ablation)
     local_path: str = ""  # local_source=npy: the upstream .npy dict (adj_matrix / local_rep by "<stem>.txt")
     local_nodes: int = 20  # region graph size
