@@ -16,3 +16,19 @@ def read_upstream_keys(method: str) -> dict[str, list[int]]:
         key, _, shape = line.partition(" ")
         out[key] = [int(s) for s in shape.strip("[] ").split(",") if s.strip()]
     return out
+
+
+def assert_placed(state: dict, own: dict, own_name) -> int:
+    """Every upstream tensor that ``own_name`` maps (None = deliberately dropped) equals the model tensor it landed
+    in; returns how many were checked."""
+    import torch
+
+    placed = 0
+    for key, value in state.items():
+        name = own_name(key)
+        if name is None:
+            continue
+        assert name in own, f"{key} -> {name} is not a model key"
+        assert torch.equal(own[name], value.to(own[name].dtype)), key
+        placed += 1
+    return placed

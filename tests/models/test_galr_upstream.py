@@ -8,7 +8,7 @@ import torch
 from engine.config import load_config
 from models.base import ModelContext
 from models.registry import build_model, init_from
-from tests.upstream_keys import read_upstream_keys
+from tests.upstream_keys import assert_placed, read_upstream_keys
 
 RSITMD_WORDS = [f"word{i}" for i in range(1348)] + ["<unk>"]  # 1349 words incl. <unk>: embedding has 1350 rows
 PREFIXES = (
@@ -66,12 +66,4 @@ def test_upstream_checkpoint_loads_every_key(method, upstream_keys, tmp_path):
     assert report["unplaced"] == [] and report["shape_mismatch"] == []
     assert report["missing"] == []  # every rsitr tensor came from the checkpoint
     own = model.state_dict()
-    placed = 0
-    for key, value in state.items():
-        name = _own_name(key)
-        if name is None:
-            continue
-        assert name in own, f"{key} -> {name} is not a model key"
-        assert torch.equal(own[name], value.to(own[name].dtype)), key
-        placed += 1
-    assert placed == len(own)
+    assert assert_placed(state, own, _own_name) == len(own)

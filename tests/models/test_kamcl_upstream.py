@@ -10,7 +10,7 @@ import torch
 from engine.config import load_config
 from models.base import ModelContext
 from models.registry import build_model, init_from
-from tests.upstream_keys import read_upstream_keys
+from tests.upstream_keys import assert_placed, read_upstream_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 RSITMD_WORDS = 1349  # incl. <unk>; the upstream word table has 1350 rows
@@ -64,12 +64,5 @@ def test_every_upstream_key_is_used_without_mismatch(loaded) -> None:
 def test_loaded_tensors_equal_the_source(loaded) -> None:
     state, model, _ = loaded
     own = model.state_dict()
-    placed = 0
-    for key, value in state.items():
-        name = _own_name(key)
-        if name is None:
-            continue
-        assert torch.equal(own[name], value), key
-        placed += 1
-    assert placed == len(own) - 1
+    assert assert_placed(state, own, _own_name) == len(own) - 1
     assert int(model.queue_ptr_im) == 1200 and int(model.queue_ptr_tx) == 400

@@ -11,7 +11,7 @@ import torch
 from engine.config import load_config
 from models.base import ModelContext
 from models.registry import build_model, init_from
-from tests.upstream_keys import read_upstream_keys
+from tests.upstream_keys import assert_placed, read_upstream_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 BERT_VOCAB = 30522
@@ -69,14 +69,7 @@ def check_all_placed(state, model, report) -> None:
     assert report["unplaced"] == [] and report["shape_mismatch"] == []
     assert report["missing"] == []  # every rsitr tensor received a value
     own = model.state_dict()
-    copied = 0
-    for key, value in state.items():
-        name = own_name(key)
-        if name is None:
-            continue
-        assert torch.equal(own[name], value), key
-        copied += 1
-    assert copied == len(own)
+    assert assert_placed(state, own, own_name) == len(own)
 
 
 @pytest.fixture(scope="module")
