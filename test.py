@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from data.build import build_data, model_context
-from engine.logger import setup_logging
+from core.logger import setup_logging
 from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.config import Config, ConfigError, load_config
+from core.config import Config, ConfigError, load_config
 from engine.runner import RunError, config_for_rebuild, evaluate_split, format_metrics, resolve_device
 from engine.summary import mean_std
 from models.registry import MODELS, build_model, list_models

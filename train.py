@@ -16,10 +16,10 @@ import logging
 import sys
 from pathlib import Path
 
-from engine import dist
+from core import dist
 from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
-from engine.logger import setup_logging
+from core.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from core.logger import setup_logging
 from engine.runner import RunError, experiment_dir, fit, prepare_run_dir, resolve_device
 from engine.summary import write_summary
 from engine.train_loop import NonFiniteLossError

@@ -7,7 +7,7 @@ Database vectors are unit vectors. ``--data clustered`` (default) draws them aro
 (image embeddings cluster by scene); ``--data gaussian`` is isotropic noise, the worst case for any approximate
 index. Queries are fresh draws from the same distribution, searched one at a time (a user's search is one query).
 Exact search is ``faiss.IndexFlatIP`` (brute force) over the same vectors in the same run; its results are the
-reference for recall@10. Approximate indexes are built by ``engine.index.build_faiss``, i.e. with the same
+reference for recall@10. Approximate indexes are built by ``search.index.build_faiss``, i.e. with the same
 calibration the index builder uses.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from engine.index import build_faiss, normalize, topk_agreement  # noqa: E402
+from search.index import build_faiss, normalize, topk_agreement  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
         index, params = build_faiss(base, kind, recall_target=args.recall_target, seed=args.seed)
         build_s = time.perf_counter() - t
         ids, lat = time_queries(index, q, args.k, args.query_threads)
-        rows.append(row(f"{kind} (engine.index)", build_s, lat, topk_agreement(ids, ref), params))
+        rows.append(row(f"{kind} (search.index)", build_s, lat, topk_agreement(ids, ref), params))
         del index
     return {"n": args.n, "dim": args.dim, "queries": args.queries, "k": args.k, "data": args.data,
             "centers": args.centers if centers is not None else None, "noise": args.noise,

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from data.build import build_data, model_context, train_loader  # noqa: E402
-from engine.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from engine.train_loop import train_one_epoch  # noqa: E402
 from losses import build_criterion  # noqa: E402

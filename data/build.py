@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from engine import dist
-from engine.config import ConfigError, DataCfg
+from core import dist
+from core.config import ConfigError, DataCfg
 from data.datasets import (CaptionCollate, CaptionDataset, CaptionTrainDataset, EpochSampler, ImageDataset,
                            TrainCollate, image_collate, seed_worker)
 from data.caption_weights import load_caption_weights

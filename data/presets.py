@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import ConfigError, DataCfg
-from engine.registry import Registry
+from core.config import ConfigError, DataCfg
+from core.registry import Registry
 
 DATASETS = Registry("dataset")
 

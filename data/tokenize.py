@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from engine.config import ConfigError, DataCfg
+from core.config import ConfigError, DataCfg
 from data.stopwords import ENGLISH_STOPWORDS
 
 PUNCTUATION = frozenset(", . : ; ? ( ) [ ] & ! * @ # $ %".split())  # METHODS.md A2, dropped before counting

@@ -11,7 +11,7 @@ import torch
 from data.tokenize import Tokenizer, tokenizer_from_state
 from data.transforms import build_transform
 from engine.checkpoint import load_checkpoint
-from engine.config import Config
+from core.config import Config
 from engine.runner import config_for_rebuild, resolve_device
 from models.base import ModelContext, RetrievalModel
 from models.registry import build_model

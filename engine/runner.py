@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from data.build import DataBundle, build_data, eval_loaders, model_context, train_loader
-from engine import dist
+from core import dist
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
-from engine.config import Config, config_from_dict, config_to_dict, save_config
+from core.config import Config, config_from_dict, config_to_dict, save_config
 from engine.evaluate import evaluate
-from engine.logger import MetricWriter
+from core.logger import MetricWriter
 from engine.optim import build_optimizer, build_scheduler
 from engine.train_loop import train_one_epoch
 from losses import build_criterion

@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config
+from core.config import Config
 
 COLUMNS = ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "mR", "rsum")
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engine.checkpoint import unwrap
-from engine.dist import is_main, reduce_mean
+from core.dist import is_main, reduce_mean
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from engine.config import ConfigError, LossCfg, LossTermCfg, parse_params
-from engine.registry import Registry
-from engine.utils import import_submodules
+from core.config import ConfigError, LossCfg, LossTermCfg, parse_params
+from core.registry import Registry
+from core.utils import import_submodules
 
 LOSSES = Registry("loss")
 _loaded = False

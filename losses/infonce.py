@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.dist import all_gather_with_grad
+from core.dist import all_gather_with_grad
 from losses import LOSSES
 
 

@@ -40,7 +40,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from engine.config import ConfigError, ModelCfg
+from core.config import ConfigError, ModelCfg
 from models.base import ModelContext, RetrievalModel
 from models.encoders.mvsa import MVSAImageTower, upstream_tower_keys
 from models.encoders.skipthoughts import SkipThoughtText, missing_skipthought_files

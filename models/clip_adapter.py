@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from engine.config import ConfigError, ModelCfg
+from core.config import ConfigError, ModelCfg
 from models.base import ModelContext
 from models.clip_finetune import ClipFinetune, ClipParams
 from models.encoders.clip import is_vit_clip, tower_widths

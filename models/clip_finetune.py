@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from open_clip.model import CLIP
 
-from engine.config import ConfigError, ModelCfg
+from core.config import ConfigError, ModelCfg
 from models.base import ModelContext, RetrievalModel
 from models.encoders.clip import arch_embed_dim, build_clip
 from models.registry import MODELS

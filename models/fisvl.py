@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelCfg
+from core.config import ModelCfg
 from models.base import ModelContext
 from models.encoders.blocks import GraphReasoning
 from models.encoders.sfgs import SFGS, convert_sfgs_upstream

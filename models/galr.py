@@ -54,7 +54,7 @@ from typing import Any, Mapping
 
 import torch
 
-from engine.config import ConfigError, ModelCfg
+from core.config import ConfigError, ModelCfg
 from models.amfmn import AMFMNParams, check_assets, text_tower
 from models.base import ModelContext, RetrievalModel
 from models.encoders.galr_local import GCN, BackboneRegions, LocalFeatureBank

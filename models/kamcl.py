@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelCfg
+from core.config import ModelCfg
 from models.base import ModelContext, RetrievalModel
 from models.encoders.cnn import build_resnet, resnet_features
 from models.encoders.gpo import GPO

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelCfg
+from core.config import ModelCfg
 from models.base import ModelContext, RetrievalModel
 from models.encoders.bert import bert_tokens, build_bert
 from models.encoders.blocks import CrossBlock, SABlock

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from engine.config import ConfigError, ModelCfg, parse_params
-from engine.registry import Registry
-from engine.utils import import_submodules
+from core.config import ConfigError, ModelCfg, parse_params
+from core.registry import Registry
+from core.utils import import_submodules
 from models.base import ModelContext, RetrievalModel
 
 MODELS = Registry("model")

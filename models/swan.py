@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from engine.config import ModelCfg
+from core.config import ModelCfg
 from models.base import ModelContext, RetrievalModel
 from models.encoders.cnn import build_resnet, resnet_features
 from models.encoders.glove import init_embedding_from_glove

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from engine.config import ModelCfg
+from core.config import ModelCfg
 from models.base import ModelContext, RetrievalModel
 from models.registry import MODELS
 

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from engine.index import (AUTO_EXACT_MAX, KINDS, IndexFolderError, ShardStore, files_digest,  # noqa: E402
+from search.index import (AUTO_EXACT_MAX, KINDS, IndexFolderError, ShardStore, files_digest,  # noqa: E402
                           list_images, write_index)
 
 log = logging.getLogger("rsitr.build_index")

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from engine.config import Config, ConfigError, load_config  # noqa: E402
+from core.config import Config, ConfigError, load_config  # noqa: E402
 from engine.runner import resolve_device  # noqa: E402
 from models.base import ModelContext  # noqa: E402
 from models.registry import build_model  # noqa: E402

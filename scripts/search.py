@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from engine.index import ImageIndex, IndexFolderError, load_index  # noqa: E402
-from engine.pictures import Panel, draw_grid  # noqa: E402
+from search.index import ImageIndex, IndexFolderError, load_index  # noqa: E402
+from search.pictures import Panel, draw_grid  # noqa: E402
 
 log = logging.getLogger("rsitr.search")
 

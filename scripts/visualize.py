@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine.pictures import Panel, draw_caption_panel, draw_grid  # noqa: E402
+from search.pictures import Panel, draw_caption_panel, draw_grid  # noqa: E402
 
 log = logging.getLogger("rsitr.visualize")
 

@@ -11,7 +11,7 @@ from data import build as build_mod
 from data.build import build_data, eval_loaders, model_context, train_loader
 from data.demo import ensure_demo
 from data.presets import DATASETS, get_preset
-from engine.config import ConfigError, DataCfg
+from core.config import ConfigError, DataCfg
 
 TRAIN_KEYS = {"images", "filenames", "tokens", "lengths", "attention_mask", "img_ids", "cap_ids", "scene_ids",
               "cap_weight"}

@@ -5,7 +5,7 @@ import pytest
 
 from data.build import build_data, train_loader
 from data.caption_weights import load_caption_weights
-from engine.config import load_config
+from core.config import load_config
 
 
 def test_weights_reach_the_batch(tmp_path):

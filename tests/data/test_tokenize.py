@@ -10,7 +10,7 @@ from data.precomp import load_split
 from data.stopwords import ENGLISH_STOPWORDS
 from data.tokenize import (UNK, VocabTokenizer, build_tokenizer, build_vocab, load_vocab_json, save_vocab_json,
                            tokenizer_from_state, word_tokens)
-from engine.config import ConfigError, DataCfg
+from core.config import ConfigError, DataCfg
 
 
 def _captions(shared_data, name, splits=("train", "test")):

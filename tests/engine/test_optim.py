@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import OptimCfg
+from core.config import OptimCfg
 from engine.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from data.caption_weights import load_caption_weights
-from engine.config import load_config
+from core.config import load_config
 from losses import build_criterion
 from losses.fisvl import (SceneAdaptiveLoss, SceneLossParams, WeightedInfoNCELoss, WeightedInfoNCEParams,
                           caption_weights, hardest_negatives, scene_adaptive_loss)

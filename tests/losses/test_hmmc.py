@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from engine.config import LossCfg, LossTermCfg
+from core.config import LossCfg, LossTermCfg
 from losses import build_criterion
 from losses.hmmc import HMMCLoss, HMMCParams
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from losses import build_criterion
-from engine.config import LossCfg, LossTermCfg
+from core.config import LossCfg, LossTermCfg
 from losses.infonce import InfoNCELoss, InfoNCEParams, info_nce
 
 E1, E2 = [1.0, 0.0], [0.0, 1.0]

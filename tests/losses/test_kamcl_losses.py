@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import LossCfg, LossTermCfg, load_config
+from core.config import LossCfg, LossTermCfg, load_config
 from losses import build_criterion
 
 ROOT = Path(__file__).resolve().parents[2]

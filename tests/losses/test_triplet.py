@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from engine.config import LossCfg, LossTermCfg
+from core.config import LossCfg, LossTermCfg
 from losses import build_criterion
 
 # Positives on the diagonal. By hand with margin 0.2:

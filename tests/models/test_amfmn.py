@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import load_config
+from core.config import load_config
 from losses import build_criterion
 from models.amfmn import gated_cosine
 from models.base import ModelContext

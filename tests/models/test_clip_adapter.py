@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import ConfigError, LossCfg, LossTermCfg, ModelCfg
+from core.config import ConfigError, LossCfg, LossTermCfg, ModelCfg
 from losses import build_criterion
 from models.base import ModelContext
 from models.clip_adapter import AdaptedBlock, MRSAdapter

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import ModelCfg, load_config
+from core.config import ModelCfg, load_config
 from models.base import ModelContext
 from models.clip_finetune import ClipFinetune, ClipZeroShot
 from models.encoders.clip import arch_embed_dim, build_clip, read_clip_state
@@ -153,7 +153,7 @@ def test_trim_text_matches_the_full_context(source, tmp_path):
 @pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*_clip_*.yaml"))
                          + sorted(str(p) for p in Path("configs/tests").glob("tiny_clip_*.yaml")))
 def test_configs_validate(path):
-    from engine.config import parse_params
+    from core.config import parse_params
     from losses import build_criterion
     from models.registry import MODELS, list_models
 

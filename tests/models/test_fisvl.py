@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import load_config
+from core.config import load_config
 from losses import build_criterion
 from models.registry import build_model
 from tests.models.test_pir import CTX, make_batch

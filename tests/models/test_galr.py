@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import load_config
+from core.config import load_config
 from losses import build_criterion
 from models.base import ModelContext
 from models.encoders.galr_local import GCN, BackboneRegions, LocalFeatureBank, grid_shape, local_key

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import load_config
+from core.config import load_config
 from losses import build_criterion
 from models.base import ModelContext
 from models.registry import build_model

@@ -3,7 +3,7 @@ its upstream_compat switch, VIR token selection."""
 import pytest
 import torch
 
-from engine.config import load_config
+from core.config import load_config
 from losses import build_criterion
 from models.base import ModelContext
 from models.pir import select_tokens

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import load_config
+from core.config import load_config
 from losses import build_criterion
 from models.base import ModelContext
 from models.encoders.glove import init_embedding_from_glove, read_glove

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import load_config
+from core.config import load_config
 from models.base import ModelContext
 from models.registry import build_model, init_from
 from tests.upstream_keys import read_upstream_keys

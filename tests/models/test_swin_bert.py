@@ -3,7 +3,7 @@ BERT saved with ``save_pretrained`` and a ResNet-18 state dict load through the 
 import pytest
 import torch
 
-from engine.config import load_config
+from core.config import load_config
 from models.base import ModelContext
 from models.encoders.bert import bert_tokens, build_bert
 from models.encoders.cnn import build_resnet, resnet_features

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.index import load_index, normalize
-from engine.pictures import PAD, grid_layout, wrap_title
+from search.index import load_index, normalize
+from search.pictures import PAD, grid_layout, wrap_title
 from scripts import build_index, search, visualize
 
 DEMO = Path("data/demo_precomp")

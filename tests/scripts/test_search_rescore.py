@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from engine.index import load_index, write_index
+from search.index import load_index, write_index
 from models.base import RetrievalModel
 from scripts import search
 

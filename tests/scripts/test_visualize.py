@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.pictures import BORDER, GT, Panel, draw_caption_panel, draw_grid, grid_layout
+from search.pictures import BORDER, GT, Panel, draw_caption_panel, draw_grid, grid_layout
 
 
 def photo(seed: int, size=(80, 60)) -> Image.Image:

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.index import (IndexFolderError, ShardStore, build_faiss, choose_kind, exact_topk, list_images,
+from search.index import (IndexFolderError, ShardStore, build_faiss, choose_kind, exact_topk, list_images,
                           load_index, normalize, topk_agreement, write_index)
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import (Config, ConfigError, DataCfg, config_from_dict, dump_config, load_config, parse_params)
+from core.config import (Config, ConfigError, DataCfg, config_from_dict, dump_config, load_config, parse_params)
 from dataclasses import dataclass
 
 

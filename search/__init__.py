@@ -1,0 +1,1 @@
+"""Search and pictures application: image indexes (FAISS) and drawn grids, used by scripts/."""
