@@ -6,7 +6,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from engine.metrics import _check_map
+from engine.metrics import check_txt2img
+
 
 def _topr_mask(x: Tensor, r: int) -> Tensor:
     """Bool [n, m]: the r best items of each row under the tie rule (equal scores: higher index first)."""
@@ -36,7 +37,7 @@ def scene_recall(sim: Tensor, img_scenes: Tensor, txt2img: Tensor, rs: Sequence[
         ``i2t_SRR@r`` and ``t2i_SRR@r`` for each r.
     """
     n_img, n_cap = sim.shape
-    t = _check_map(txt2img, n_img, n_cap, sim.device)
+    t = check_txt2img(txt2img, n_img, n_cap, sim.device)
     scn_i = torch.as_tensor(img_scenes).to(device=sim.device, dtype=torch.long)
     if scn_i.shape != (n_img,):
         raise ValueError(f"img_scenes has shape {tuple(scn_i.shape)}, expected ({n_img},)")

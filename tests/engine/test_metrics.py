@@ -1,11 +1,12 @@
-"""engine/metrics.py against brute-force references written from METHODS.md A5 (python loops, explicit sorts)."""
+"""engine/metrics.py (and the streamed count of engine/metrics_stream.py behind it) against brute-force references
+written from METHODS.md A5 (python loops, explicit sorts)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from engine.metrics import (img2txt_from_txt2img, ranks_from_matrix, retrieval_metrics,
+from engine.metrics import (img2txt_from_txt2img, ranks_by_sort, ranks_from_matrix, retrieval_metrics,
                             retrieval_metrics_from_embeddings, txt2img_from_counts,
                             txt2img_from_img2txt)
 from engine.scene_recall import scene_recall
@@ -93,6 +94,25 @@ def test_matches_brute_force(seed, tied):
     ri, rt = ranks_from_matrix(sim, t2i, block=(3, 5))
     bi, bt = brute_ranks(sim.numpy(), t2i.tolist())
     assert ri.tolist() == bi and rt.tolist() == bt
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("tied", [True, False])
+def test_plain_definition_matches_brute_force_and_streamed_count(seed, tied):
+    sim, t2i = random_case(seed, n_img=9 + seed, tied=tied)
+    ri, rt = ranks_by_sort(sim, t2i)
+    bi, bt = brute_ranks(sim.numpy(), t2i.tolist())
+    assert ri.tolist() == bi and rt.tolist() == bt
+    si, st = ranks_from_matrix(sim, t2i, block=(4, 7))
+    assert torch.equal(ri, si) and torch.equal(rt, st)
+
+
+def test_plain_definition_hand_case_and_image_without_captions():
+    sim = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    ri, rt = ranks_by_sort(sim, torch.tensor([0, 2]))  # image 1 has no caption: no i2t rank
+    assert ri.tolist() == [0, 0] and rt.tolist() == [0, 0]
+    ri, rt = ranks_by_sort(torch.ones(3, 3), torch.tensor([0, 1, 2]))  # ties: higher index first
+    assert ri.tolist() == [2, 1, 0] and rt.tolist() == [2, 1, 0]
 
 
 @pytest.mark.parametrize("block", [(1, 1), (2, 3), (5, 64), (1000, 1000)])
