@@ -24,9 +24,13 @@ from typing import Any
 
 import yaml
 
+from core.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A bad key, type or value in a config; the message names the key and the file."""
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the shipped configs (bare names resolve here)
+
+__all__ = ["Config", "ConfigError", "ModelCfg", "DataCfg", "LossTermCfg", "LossCfg", "OptimCfg", "TrainCfg",
+           "EvalCfg", "parse_params", "apply_overrides", "config_from_dict", "load_config", "config_to_dict",
+           "dump_config", "save_config"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class DataCfg:
     base_seed: int = 0  # fold k is drawn with base_seed + k
     split_dir: str = ""  # protocol=fixed: folder with train/val_filename_verify.txt
     max_images: int = 0  # >0: keep only the first N images of every split (smoke tests)
+    cache: bool = True  # decode each image once per run into a uint8 memory cache (data/images.py); false = per sample
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,8 @@ class TrainCfg:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     output_dir: str = "checkpoints"
     experiment: str = ""  # run name (default: the config file's stem)
-    log_every: int = 10  # iterations between log lines
+    log_every: int = 10  # steps between progress lines in log.txt when the console is not a terminal
+    log_every_s: float = 60.0  # ... or seconds between them, whichever comes first (0 = by steps only)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
 
 
@@ -221,10 +227,25 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     bases = data.pop("_base_", [])
+    if not isinstance(bases, (str, list)) or not all(isinstance(b, str) for b in ([bases] if isinstance(bases, str)
+                                                                                  else bases)):
+        raise ConfigError(f"{path}: '_base_' must be a path or a list of paths, got {bases!r}")
     merged: dict = {}
     for b in [bases] if isinstance(bases, str) else bases:
-        merged = _merge(merged, _read_yaml((path.parent / b), seen + (path.resolve(),)))
+        target = path.parent / b
+        if not target.is_file():
+            raise ConfigError(_missing_base_message(path, b, target))
+        merged = _merge(merged, _read_yaml(target, seen + (path.resolve(),)))
     return _merge(merged, data)
+
+
+def _missing_base_message(path: Path, base: str, target: Path) -> str:
+    """Name the referring file and its ``_base_`` key; point at the shipped base file when one has that name."""
+    msg = f"{path}: '_base_: {base}' not found (relative paths are resolved from {path.parent}, giving {target})"
+    shipped = [p for p in (CONFIG_DIR / base, CONFIG_DIR / "_base_" / Path(base).name) if p.is_file()]
+    if shipped:
+        return f"{msg}; a config copied out of configs/ needs an absolute _base_, e.g. '_base_: {shipped[0]}'"
+    return f"{msg}; give _base_ as an absolute path or relative to the file that names it"
 
 
 def _set_dotted(data: dict, key: str, value: Any, source: str) -> None:
@@ -273,9 +294,57 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], source: 
     return data
 
 
+# --------------------------------------------------------------------------------------------------- values
+# dotted key -> (lowest allowed, highest allowed, highest is excluded); None = no bound
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "model.embed_dim": (1, None, False),
+    "data.max_tokens": (1, None, False), "data.word_deletion": (0, 1, True), "data.image_size": (1, None, False),
+    "data.batch_size": (1, None, False), "data.eval_batch_size": (1, None, False), "data.num_workers": (0, None, False),
+    "data.n_folds": (1, None, False), "data.val_ratio": (0, 1, True), "data.max_images": (0, None, False),
+    "optim.lr": (0, None, False), "optim.weight_decay": (0, None, False), "optim.momentum": (0, 1, False),
+    "optim.step_epochs": (1, None, False), "optim.gamma": (0, None, False), "optim.warmup_ratio": (0, 1, False),
+    "optim.grad_clip": (0, None, False),
+    "train.epochs": (0, None, False), "train.log_every": (1, None, False), "train.log_every_s": (0, None, False),
+    "train.num_threads": (0, None, False),
+    "eval.every": (1, None, False), "eval.sim_shard": (1, None, False),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.tokenizer": ("vocab", "bert", "clip"),
+    "data.protocol": ("random_8020", "stratified", "kfold", "fixed"),
+    "optim.name": ("adam", "adamw", "sgd"),
+    "optim.scheduler": ("step", "warmup_linear", "cosine", "constant"),
+    "train.amp": ("bf16", "fp16", "off"),
+}
+
+
+def _get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_values(cfg: Config, source: str) -> None:
+    """Ranges and choices of the schema's values (a NaN fails every range)."""
+    for key, (lo, hi, open_hi) in RANGES.items():
+        v = _get_dotted(cfg, key)
+        ok = (lo is None or v >= lo) and (hi is None or (v < hi if open_hi else v <= hi))
+        if not ok:
+            want = " and ".join(w for w in (f">= {lo}" if lo is not None else "",
+                                             (f"< {hi}" if open_hi else f"<= {hi}") if hi is not None else "") if w)
+            raise ConfigError(f"{source}: '{key}' must be {want}, got {v!r}")
+    for key, allowed in CHOICES.items():
+        if _get_dotted(cfg, key) not in allowed:
+            raise ConfigError(f"{source}: '{key}' must be one of {', '.join(allowed)}, got {_get_dotted(cfg, key)!r}")
+    if any(r < 1 for r in cfg.eval.scene_recall):
+        raise ConfigError(f"{source}: 'eval.scene_recall' cut-offs must be >= 1, got {list(cfg.eval.scene_recall)}")
+    if cfg.data.protocol == "kfold" and cfg.data.n_folds < 2:
+        raise ConfigError(f"{source}: 'data.n_folds' must be >= 2 with data.protocol=kfold, got {cfg.data.n_folds}")
+
+
 def config_from_dict(data: dict, source: str = "config") -> Config:
-    """Build a strict ``Config`` from a plain mapping (missing keys take their defaults)."""
+    """Build a strict ``Config`` from a plain mapping (missing keys take their defaults; ranges are checked)."""
     cfg = _build(Config, data, "", source)
+    _check_values(cfg, source)
     return dataclasses.replace(cfg, source=source)
 
 

@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import CheckpointError  # noqa: F401  (defined in core.errors; importable from here as before)
+
 VERSION = 1
 REQUIRED = ("model", "config", "epoch", "method", "version")
-
-
-class CheckpointError(ValueError):
-    """A missing, truncated or foreign checkpoint."""
 
 
 def rng_state() -> dict[str, Any]:

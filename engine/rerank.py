@@ -35,16 +35,21 @@ counted exactly against their full line.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from core.config import parse_params
+from core.errors import ConfigError
 from engine.metrics import retrieval_metrics
 
-__all__ = ["galr_rerank", "galr_rerank_unweighted", "no_rerank", "RERANKERS", "apply_rerank", "tune_rerank"]
+__all__ = ["galr_rerank", "galr_rerank_unweighted", "no_rerank", "RERANKERS", "apply_rerank", "tune_rerank",
+           "RERANK_PARAMS", "rerank_settings"]
 log = logging.getLogger(__name__)
 DECAY = 0.05  # hard-coded rate of the position priors p2, p3 (upstream)
 POOL = 256  # length of the per-line top lists used for exact reverse ranks (covers typical ranks; rest are exact)
@@ -227,3 +232,58 @@ def tune_rerank(sim: Tensor, txt2img: Tensor, ks: Sequence[int] = (10, 20, 30, 4
                 best = ({"k": int(k), "wp1": float(wp1), "wp2": float(wp2)}, mr)
     log.info("rerank grid: best %s mR %.3f over %d settings", best[0], best[1], len(table))
     return best[0], best[1], table
+
+
+# ------------------------------------------------------------------------------------------- settings per reranker
+@dataclass(frozen=True)
+class NoParams:
+    """``none`` takes no setting."""
+
+
+@dataclass(frozen=True)
+class GalrParams:
+    """Settings of :func:`galr_rerank` (upstream's defaults)."""
+
+    k: int = 30  # candidates per query (raised to 10)
+    wp1: float = 0.3  # weight of the saliency term p1
+    wp2: float = 1.1  # weight of the reverse-rank term p3
+
+
+@dataclass(frozen=True)
+class GalrUnweightedParams:
+    """Settings of :func:`galr_rerank_unweighted`."""
+
+    k: int = 30  # candidates per query
+
+
+RERANK_PARAMS: dict[str, type] = {"none": NoParams, "galr": GalrParams, "galr_unweighted": GalrUnweightedParams}
+# rerankers whose settings are tuned on a validation matrix: name -> grid search returning (best settings, mR, table)
+TUNERS: dict[str, Callable[..., tuple[dict, float, list]]] = {"galr": tune_rerank}
+
+
+def rerank_settings(name: str, params: dict, val: tuple[Tensor, Sequence[int]] | None = None,
+                    source: str = "config") -> dict:
+    """Keyword arguments for reranker ``name``: ``params`` checked by its settings class, or tuned on validation.
+
+    Args:
+        name: a key of RERANKERS.
+        params: the config's rerank settings (``eval.rerank_params``); keys of another reranker are ignored,
+            keys no reranker knows are a ConfigError; missing keys take the defaults.
+        val: (validation similarity matrix, its txt2img) to tune on, for rerankers listed in TUNERS.
+        source: the config file, for errors.
+    """
+    if name not in RERANK_PARAMS:
+        raise ConfigError(f"{source}: unknown rerank '{name}'; known: {', '.join(sorted(RERANK_PARAMS))}")
+    known = {f.name for cls in RERANK_PARAMS.values() for f in dataclasses.fields(cls)}
+    mine = {f.name for f in dataclasses.fields(RERANK_PARAMS[name])}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key 'eval.rerank_params.{unknown[0]}' (rerank settings: "
+                          f"{', '.join(sorted(known))})")
+    kw = dataclasses.asdict(parse_params(RERANK_PARAMS[name], {k: v for k, v in params.items() if k in mine},
+                                         "eval.rerank_params", source))
+    if val is not None and name in TUNERS:
+        best, best_mr, _ = TUNERS[name](val[0], torch.as_tensor(val[1]))
+        log.info("rerank tuned on validation: %s (val mR %.2f)", best, best_mr)
+        kw = dict(best)
+    return kw

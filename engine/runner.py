@@ -18,6 +18,7 @@ from data.build import DataBundle, build_data, eval_loaders, model_context, trai
 from core import dist
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from core.config import Config, config_from_dict, config_to_dict, save_config
+from core.errors import RunError  # noqa: F401  (defined in core.errors; importable from here as before)
 from engine.evaluate import evaluate
 from core.logger import MetricWriter
 from engine.optim import build_optimizer, build_scheduler
@@ -27,10 +28,6 @@ from models.base import RetrievalModel
 from models.registry import MODELS, build_model, list_models
 
 log = logging.getLogger("rsitr")
-
-
-class RunError(RuntimeError):
-    """A run cannot start (existing run directory, unwritable output, ...)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -172,7 +169,7 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
             parts.loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(model, parts.criterion, parts.loader, parts.optimizer, parts.scheduler, parts.scaler,
                                 epoch, device, amp=cfg.train.amp, grad_clip=cfg.optim.grad_clip,
-                                log_every=cfg.train.log_every)
+                                log_every=cfg.train.log_every, log_every_s=cfg.train.log_every_s)
         step += stats["steps"]
         if dist.is_main():
             best, best_epoch = _end_of_epoch(cfg, parts, model, writer, stats, epoch, step, best, best_epoch,

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     args = p.parse_args(argv)
     try:
-        from train import resolve_config_path
+        from engine.cli import resolve_config_path
 
         cfg = load_config(resolve_config_path(args.config), args.set)
         info = model_info(cfg, resolve_device(args.device), args.batch)
