@@ -21,7 +21,8 @@ from data.datasets import (CaptionCollate, CaptionDataset, CaptionTrainDataset, 
                            TrainCollate, image_collate, seed_worker)
 from data.caption_weights import load_caption_weights
 from data.folds import leakage_report, make_folds, write_split_files
-from data.precomp import NONECLASS, PrecompSplit, check_image_files, load_split, truncate
+from data.images import check_images, fill_cache
+from data.precomp import NONECLASS, PrecompSplit, load_split, truncate
 from data.presets import get_preset, resolve_folders
 from data.tokenize import Tokenizer, build_tokenizer, tokenizer_from_state
 from data.transforms import build_transform
@@ -110,9 +111,9 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
         if run_dir is not None and dist.is_main():
             write_split_files(Path(run_dir) / "splits", full, tr_idx, va_idx)
     test = truncate(load_split(folder, "test", image_dir, False, ext), cfg.max_images)
-    for sp, name in ((train, "train"), (val, "val"), (test, "test")):
-        if sp is not None and (name in splits):
-            check_image_files(sp)
+    used = [(n, sp) for n, sp in (("train", train), ("val", val), ("test", test)) if sp is not None and n in splits]
+    check_images([sp.image_path(i) for _, sp in used for i in range(sp.n_images)],  # all bad files in one error
+                 f"split(s) {', '.join(n for n, _ in used)} of {folder}")
     leakage_report({k: v for k, v in (("train", train), ("val", val), ("test", test)) if v is not None})
     if tokenizer_state is not None:
         tokenizer = tokenizer_from_state(tokenizer_state)
@@ -128,6 +129,16 @@ def _loader_kwargs(cfg: DataCfg) -> dict[str, Any]:
     workers = max(0, cfg.num_workers)
     return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available(),
             "worker_init_fn": seed_worker}
+
+
+def cache_jobs(bundle: DataBundle, cfg: DataCfg) -> list[tuple[list[Path], Any, str]]:
+    """(paths, prefix, key) of the pixel cache: training images by the train pipeline, val/test by the eval one."""
+    jobs = []
+    for split, train in ((bundle.train, True), (bundle.val, False), (bundle.test, False)):
+        if split is not None:
+            pipe = build_transform(cfg.transform, train, cfg.image_size)
+            jobs.append(([split.image_path(i) for i in range(split.n_images)], pipe.prefix, pipe.key))
+    return jobs
 
 
 def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: int,
@@ -149,10 +160,12 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
     if bundle.train is None:
         raise ValueError("train_loader needs a bundle built with the 'train' split")
     world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
+    if cfg.cache:  # decode every image of the run now: a broken file in any split stops it before the first epoch
+        fill_cache(cache_jobs(bundle, cfg))
     dataset = CaptionTrainDataset(bundle.train, bundle.tokenizer, build_transform(cfg.transform, True, cfg.image_size),
                                   bundle.scene_ids(bundle.train), seed, cfg.word_deletion,
                                   load_caption_weights(cfg.cap_weight_file, bundle.train.captions)
-                                  if cfg.cap_weight_file else None)
+                                  if cfg.cap_weight_file else None, cache=cfg.cache)
     try:
         sampler = EpochSampler(len(dataset), cfg.batch_size, seed=seed, rank=rank, world_size=world)
     except ValueError as e:
@@ -164,7 +177,8 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
 
 def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple[DataLoader, DataLoader]:
     """(images once, captions once) loaders of a split, in file order, batch ``data.eval_batch_size``."""
-    images = ImageDataset(split, build_transform(cfg.transform, False, cfg.image_size), bundle.scene_ids(split))
+    images = ImageDataset(split, build_transform(cfg.transform, False, cfg.image_size), bundle.scene_ids(split),
+                          cache=cfg.cache)
     captions = CaptionDataset(split, bundle.tokenizer)
     kw = dict(_loader_kwargs(cfg), persistent_workers=False)  # eval loaders are rebuilt per evaluation
     return (DataLoader(images, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=image_collate, **kw),

@@ -10,22 +10,36 @@ order, are the single-process batch t, item for item and augmentation for augmen
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from data.images import PixelCache, load_image  # noqa: F401  (load_image: re-exported)
 from data.precomp import PrecompSplit
 from data.samplers import GlobalBatchSampler
 from data.tokenize import Tokenizer
 
 
-def load_image(path: Any) -> Image.Image:
-    """Open an image file (.tif/.jpg/.png) as RGB."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+class _Images:
+    """Image ``i`` of a split through a transform: decoded per call, or from a :class:`data.images.PixelCache`.
+
+    With the cache the transform's deterministic prefix ran once per image and only ``transform.rest`` runs here;
+    the random ops draw the same numbers in the same order, so both ways give the same tensor.
+    """
+
+    def __init__(self, split: PrecompSplit, transform: Callable, cache: bool) -> None:
+        self.split, self.transform = split, transform
+        self.cache = None
+        if cache and hasattr(transform, "rest"):
+            self.cache = PixelCache([split.image_path(i) for i in range(split.n_images)], transform.prefix,
+                                    transform.key)
+
+    def __call__(self, i: int) -> torch.Tensor:
+        if self.cache is not None:
+            return self.transform.rest(self.cache[i])
+        return self.transform(load_image(self.split.image_path(i)))
 
 
 def delete_words(caption: str, p: float, rng: np.random.Generator) -> str:
@@ -61,16 +75,19 @@ class CaptionTrainDataset(Dataset):
     Args:
         split: the training split.
         tokenizer: encodes captions.
-        transform: PIL image -> float tensor [3, S, S].
+        transform: PIL image -> float tensor [3, S, S] (a ``data.transforms.Pipeline`` for the cache).
         scene_ids: scene id of each image of ``split``.
         seed: base of the per-item random seeds.
         word_deletion: FISVL's training-time word deletion probability.
         cap_weight: optional per-caption weights (default 1.0).
+        cache: decode every image once, here, into a ``data.images.PixelCache`` (``data.cache``).
     """
 
     def __init__(self, split: PrecompSplit, tokenizer: Tokenizer, transform: Callable, scene_ids: Sequence[int],
-                 seed: int = 0, word_deletion: float = 0.0, cap_weight: Sequence[float] | None = None) -> None:
+                 seed: int = 0, word_deletion: float = 0.0, cap_weight: Sequence[float] | None = None,
+                 cache: bool = False) -> None:
         self.split, self.tokenizer, self.transform = split, tokenizer, transform
+        self.images = _Images(split, transform, cache)
         self.scene_ids, self.seed, self.word_deletion = list(scene_ids), seed, word_deletion
         self.cap_weight = list(cap_weight) if cap_weight is not None else [1.0] * split.n_captions
         self.ids_cache = None if word_deletion > 0 else [tokenizer.encode(c) for c in split.captions]
@@ -87,7 +104,7 @@ class CaptionTrainDataset(Dataset):
         state = torch.get_rng_state()
         try:
             torch.default_generator.manual_seed(s)
-            image = self.transform(load_image(self.split.image_path(i)))
+            image = self.images(i)
         finally:
             torch.set_rng_state(state)
         if self.ids_cache is not None:
@@ -102,14 +119,15 @@ class CaptionTrainDataset(Dataset):
 class ImageDataset(Dataset):
     """Each image of a split once, in file order (evaluation)."""
 
-    def __init__(self, split: PrecompSplit, transform: Callable, scene_ids: Sequence[int]) -> None:
+    def __init__(self, split: PrecompSplit, transform: Callable, scene_ids: Sequence[int], cache: bool = False) -> None:
         self.split, self.transform, self.scene_ids = split, transform, list(scene_ids)
+        self.images = _Images(split, transform, cache)
 
     def __len__(self) -> int:
         return self.split.n_images
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.transform(load_image(self.split.image_path(i))), "filename": self.split.filenames[i],
+        return {"image": self.images(i), "filename": self.split.filenames[i],
                 "img_id": i, "scene_id": self.scene_ids[i]}
 
 

@@ -1,6 +1,7 @@
-"""Per-method image pipelines (METHODS.md A4), built with ``torchvision.transforms.v2``.
+"""Per-method image pipelines (METHODS.md A4), built with ``torchvision.transforms.v2``, registered in ``PIPELINES``.
 
-Every pipeline maps a PIL image to a float tensor [3, S, S] (S = ``data.image_size``):
+Every pipeline maps a PIL image to a float tensor [3, S, S] (S = ``data.image_size``). Each is a :class:`Pipeline`
+split at its first random op; the deterministic prefix is what the pixel cache (``data/images.py``) stores:
 
 * ``galr`` (GaLR / SWAN / KAMCL): train = resize to 278x278 (278/256 of S), rotation by an angle uniform in
   [0, 90] degrees, random crop S; eval = resize to SxS; ImageNet mean/std.
@@ -20,13 +21,15 @@ import math
 from typing import Callable
 
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from core.registry import Registry
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-TRANSFORMS = ("galr", "amfmn", "pir", "fisvl", "clip", "plain")
 _BICUBIC = InterpolationMode.BICUBIC
 
 
@@ -109,38 +112,93 @@ def _finish(mean: tuple, std: tuple) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
 
 
-def build_transform(name: str, train: bool, image_size: int) -> Callable:
+class Pipeline:
+    """An image pipeline split at its first random op: ``rest(prefix(img))``.
+
+    ``prefix`` holds the leading deterministic ops (resizes, centre crop) and is what ``data.images.PixelCache``
+    applies once per image; ``rest`` runs per sample. Calling the pipeline on a PIL image runs both, so a cached
+    and an uncached sample are the same tensor.
+
+    Args:
+        prefix: deterministic PIL -> PIL ops (empty: none).
+        rest: PIL -> float tensor [3, S, S] ops, random ones included.
+    """
+
+    def __init__(self, prefix: list, rest: list) -> None:
+        self.prefix = v2.Compose(prefix) if prefix else None
+        self.rest = v2.Compose(rest)
+        self.key = repr(self.prefix) if prefix else "decoded"  # identifies the cached pixels
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return self.rest(self.prefix(img) if self.prefix is not None else img)
+
+
+PIPELINES = Registry("data.transform")
+
+
+@PIPELINES.register("galr")
+def galr(train: bool, s: int, rotate: bool = True) -> Pipeline:
+    """GaLR / SWAN / KAMCL: train resize 278/256 S, rotation in [0, 90], random crop S; eval resize S x S."""
+    if not train:
+        return plain(train, s)
+    big = round(278 * s / 256)
+    rot = [v2.RandomRotation(degrees=(0.0, 90.0))] if rotate else []
+    return Pipeline([v2.Resize((big, big))], rot + [v2.RandomCrop(s)] + _finish(IMAGENET_MEAN, IMAGENET_STD))
+
+
+@PIPELINES.register("amfmn")
+def amfmn(train: bool, s: int) -> Pipeline:
+    """AMFMN: ``galr`` without the rotation."""
+    return galr(train, s, rotate=False)
+
+
+@PIPELINES.register("plain")
+def plain(train: bool, s: int) -> Pipeline:
+    """Resize to S x S, ImageNet normalisation (train = eval)."""
+    return Pipeline([v2.Resize((s, s))], _finish(IMAGENET_MEAN, IMAGENET_STD))
+
+
+@PIPELINES.register("clip")
+def clip(train: bool, s: int) -> Pipeline:
+    """CLIP preprocessing: bicubic resize of the short side to S, centre crop S (train = eval)."""
+    return Pipeline([v2.Resize(s, interpolation=_BICUBIC), v2.CenterCrop(s)], _finish(CLIP_MEAN, CLIP_STD))
+
+
+@PIPELINES.register("pir")
+def pir(train: bool, s: int, fisvl: bool = False) -> Pipeline:
+    """PIR (and FISVL with ``fisvl``): see the module docstring; eval = bicubic resize to S x S."""
+    if not train:
+        return Pipeline([v2.Resize((s, s), interpolation=_BICUBIC)], _finish(CLIP_MEAN, CLIP_STD))
+    ops = [v2.RandomResizedCrop(s, scale=(0.5, 1.0), interpolation=_BICUBIC), v2.RandomHorizontalFlip()]
+    if fisvl:
+        kernel = 2 * math.ceil(3 * 2.0 * s / 224) + 1  # covers sigma up to 2 at 224 px
+        ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    ops += [RestrictedRandAugment(2, 7)] + _finish(CLIP_MEAN, CLIP_STD)
+    if fisvl:
+        ops += [v2.RandomErasing(p=0.5, scale=(0.1, 0.2)), GridMask(p=0.5), v2.ToPureTensor()]
+    return Pipeline([], ops)  # the first op is random: the cache keeps the decoded image
+
+
+@PIPELINES.register("fisvl")
+def fisvl(train: bool, s: int) -> Pipeline:
+    """FISVL: ``pir`` plus blur, random erasing and GridMask in training."""
+    return pir(train, s, fisvl=True)
+
+
+TRANSFORMS = tuple(PIPELINES.names())
+
+
+def build_transform(name: str, train: bool, image_size: int) -> Pipeline:
     """The pipeline ``name`` (see module docstring) for training or evaluation.
 
     Args:
-        name: one of galr, amfmn, pir, fisvl, clip, plain.
+        name: a registered pipeline (galr, amfmn, pir, fisvl, clip, plain).
         train: training augmentation (True) or the deterministic eval pipeline (False).
         image_size: output side S.
 
     Returns:
-        A callable PIL.Image -> float tensor [3, S, S].
+        A :class:`Pipeline`: PIL.Image -> float tensor [3, S, S].
     """
-    if name not in TRANSFORMS:
-        raise ValueError(f"unknown data.transform '{name}'; known: {', '.join(TRANSFORMS)}")
-    s = image_size
-    head: list = []
-    if name in ("galr", "amfmn", "plain"):
-        if not train or name == "plain":
-            return v2.Compose(head + [v2.Resize((s, s))] + _finish(IMAGENET_MEAN, IMAGENET_STD))
-        big = round(278 * s / 256)
-        rot = [v2.RandomRotation(degrees=(0.0, 90.0))] if name == "galr" else []
-        return v2.Compose(head + [v2.Resize((big, big))] + rot + [v2.RandomCrop(s)]
-                          + _finish(IMAGENET_MEAN, IMAGENET_STD))
-    if name == "clip":
-        return v2.Compose(head + [v2.Resize(s, interpolation=_BICUBIC), v2.CenterCrop(s)]
-                          + _finish(CLIP_MEAN, CLIP_STD))
-    if not train:  # pir / fisvl eval
-        return v2.Compose(head + [v2.Resize((s, s), interpolation=_BICUBIC)] + _finish(CLIP_MEAN, CLIP_STD))
-    ops = head + [v2.RandomResizedCrop(s, scale=(0.5, 1.0), interpolation=_BICUBIC), v2.RandomHorizontalFlip()]
-    if name == "fisvl":
-        kernel = 2 * math.ceil(3 * 2.0 * s / 224) + 1  # covers sigma up to 2 at 224 px
-        ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
-    ops += [RestrictedRandAugment(2, 7)] + _finish(CLIP_MEAN, CLIP_STD)
-    if name == "fisvl":
-        ops += [v2.RandomErasing(p=0.5, scale=(0.1, 0.2)), GridMask(p=0.5), v2.ToPureTensor()]
-    return v2.Compose(ops)
+    if name not in PIPELINES:
+        raise ValueError(f"unknown data.transform '{name}'; known: {', '.join(PIPELINES.names())}")
+    return PIPELINES.get(name)(train, image_size)

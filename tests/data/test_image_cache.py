@@ -1,0 +1,135 @@
+"""The decoded-pixel cache: cached and uncached samples are the same tensors (eval, and train under the same seed),
+through the datasets and the worker processes too; a changed file, size or pipeline is never served stale."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.errors import DataError
+from data import images as images_mod
+from data.datasets import CaptionTrainDataset, ImageDataset, item_seed
+from data.images import PixelCache, clear_cache, fill_cache, load_image
+from data.precomp import load_split
+from data.tokenize import VocabTokenizer, build_vocab
+from data.transforms import PIPELINES, build_transform
+
+NAMES = ["galr", "amfmn", "pir", "fisvl", "clip", "plain"]
+SIZES = [(256, 256), (80, 100), (247, 250), (256, 256)]  # UCM has a few images that are not 256 x 256
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    clear_cache()
+    yield
+    clear_cache()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k, (h, w) in enumerate(SIZES):
+        p = d / f"{k}.{'jpg' if k % 2 else 'png'}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_registry_holds_the_six_pipelines():
+    assert PIPELINES.names() == sorted(NAMES)
+    assert build_transform("pir", True, 32).prefix is None  # starts with RandomResizedCrop: cache the decoded image
+    assert build_transform("galr", True, 256).key != build_transform("galr", False, 256).key
+    assert build_transform("plain", True, 32).key != build_transform("plain", True, 64).key
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("train", [False, True])
+def test_cached_equals_uncached(files, name, train):
+    pipe = build_transform(name, train, 48)
+    cache = PixelCache(files, pipe.prefix, pipe.key)
+    for i, p in enumerate(files):
+        torch.manual_seed(i)  # the same seed: the random ops draw the same numbers in the same order
+        want = pipe(load_image(p))
+        torch.manual_seed(i)
+        got = pipe.rest(cache[i])
+        assert torch.equal(got, want), (name, train, p.name)
+
+
+def test_cached_pixels_are_the_prefix_output(files):
+    pipe = build_transform("galr", True, 256)
+    cache = PixelCache(files, pipe.prefix, pipe.key)
+    assert cache.pixels[1].shape == (278, 278, 3) and cache.pixels[1].dtype == np.uint8
+    assert np.array_equal(cache.pixels[1], np.asarray(pipe.prefix(load_image(files[1]))))
+    raw = PixelCache(files, None, "decoded")
+    assert [a.shape[:2] for a in raw.pixels] == SIZES
+
+
+def test_decoded_once_then_reused(files):
+    pipe = build_transform("plain", False, 32)
+    assert PixelCache(files, pipe.prefix, pipe.key).decoded == len(files)
+    assert PixelCache(files, pipe.prefix, pipe.key).decoded == 0
+    other = build_transform("plain", False, 40)  # another working size is another entry
+    assert PixelCache(files, other.prefix, other.key).decoded == len(files)
+
+
+def test_changed_file_is_not_served_stale(tmp_path):
+    p = tmp_path / "a.png"
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(p)
+    pipe = build_transform("plain", False, 8)
+    assert PixelCache([p], pipe.prefix, pipe.key)[0].getpixel((0, 0)) == (10, 20, 30)
+    Image.new("RGB", (16, 16), (200, 100, 0)).save(p)
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size is possible: the mtime changes the key
+    assert PixelCache([p], pipe.prefix, pipe.key)[0].getpixel((0, 0)) == (200, 100, 0)
+
+
+def test_fill_cache_names_every_file_that_fails(tmp_path, files):
+    good = files[0].read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 3])
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    pipe = build_transform("plain", False, 16)
+    with pytest.raises(DataError) as err:
+        fill_cache([([files[0], tmp_path / "cut.png"], pipe.prefix, pipe.key), ([tmp_path / "junk.png"], None, "decoded")])
+    msg = str(err.value)
+    assert "2 of 3 image files" in msg and "cut.png" in msg and "junk.png" in msg and "\n" not in msg
+
+
+def test_memory_bound_evicts_oldest_entries(files, monkeypatch):
+    monkeypatch.setattr(images_mod, "_CACHE_BYTES", 2 * 16 * 16 * 3)
+    pipe = build_transform("plain", False, 16)
+    cache = PixelCache(files, pipe.prefix, pipe.key)
+    assert len(images_mod._MEMO) == 2 and all(a is not None for a in cache.pixels)  # the dataset keeps its pixels
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, files):
+    folder = tmp_path_factory.mktemp("precomp")
+    names = [p.name for p in files]
+    (folder / "train_caps.txt").write_text("\n".join(f"caption {k} of image {i}" for i in range(4) for k in range(2)))
+    (folder / "train_filename.txt").write_text("\n".join(names))
+    return load_split(folder, "train", files[0].parent)
+
+
+@pytest.mark.parametrize("name", ["galr", "fisvl"])
+def test_train_dataset_items_are_identical_with_and_without_cache(split, name):
+    tok = VocabTokenizer(build_vocab(split.captions, min_count=1))
+    pipe = build_transform(name, True, 32)
+    plain = CaptionTrainDataset(split, tok, pipe, [0] * 4, seed=3)
+    cached = CaptionTrainDataset(split, tok, pipe, [0] * 4, seed=3, cache=True)
+    assert cached.images.cache is not None and plain.images.cache is None
+    for key in [(0, 0), (0, 5), (2, 5), (7, 1)]:
+        assert torch.equal(plain[key]["image"], cached[key]["image"])
+    assert not torch.equal(cached[(0, 5)]["image"], cached[(1, 5)]["image"])  # still random per epoch
+    assert item_seed(3, 0, 5) != item_seed(3, 1, 5)
+
+
+def test_eval_dataset_through_worker_processes(split):
+    pipe = build_transform("clip", False, 24)
+    ref = ImageDataset(split, pipe, [0] * 4)
+    loader = torch.utils.data.DataLoader(ImageDataset(split, pipe, [0] * 4, cache=True), batch_size=2,
+                                         num_workers=2)
+    got = torch.cat([b["image"] for b in loader])
+    assert torch.equal(got, torch.stack([ref[i]["image"] for i in range(4)]))
