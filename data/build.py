@@ -8,7 +8,7 @@ folder), checks that the images it will read exist, and builds the tokenizer. ``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,11 +20,13 @@ from core.config import ConfigError, DataCfg
 from data.datasets import (CaptionCollate, CaptionDataset, CaptionTrainDataset, EpochSampler, ImageDataset,
                            TrainCollate, image_collate, seed_worker)
 from data.caption_weights import load_caption_weights
-from data.folds import leakage_report, make_folds, write_split_files
+from core.context import ModelContext
+from core.errors import MissingFileError
+from data.folds import check_leakage, make_folds, write_split_files
 from data.images import check_images, fill_cache
 from data.precomp import NONECLASS, PrecompSplit, load_split, truncate
 from data.presets import get_preset, resolve_folders
-from data.tokenize import Tokenizer, build_tokenizer, tokenizer_from_state
+from data.tokenize import Tokenizer, build_tokenizer, tokenizer_from_state, vocab_report
 from data.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ class DataBundle:
         test: the official test split.
         tokenizer: caption tokenizer (its ``state()`` goes into checkpoints).
         scene_names: scene label of each scene id: sorted scenes of the full training file, ``noneclass`` last.
+        vocab: which vocabulary the tokenizer holds and how many of its words only test captions contain
+            (:func:`data.tokenize.vocab_report`).
+        leakage: images shared between the splits (:func:`data.folds.check_leakage`).
     """
 
     train: PrecompSplit | None
@@ -46,6 +51,8 @@ class DataBundle:
     test: PrecompSplit
     tokenizer: Tokenizer
     scene_names: list[str]
+    vocab: dict = field(default_factory=dict)
+    leakage: dict = field(default_factory=dict)
 
     def scene_ids(self, split: PrecompSplit) -> list[int]:
         """Scene id of every image of ``split`` (scenes unseen in training map to ``noneclass``)."""
@@ -97,7 +104,7 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
                                                            and not cfg.vocab)
     has_train = (folder / "train_caps.txt").is_file()
     if want_train and not has_train:
-        raise FileNotFoundError(f"{folder} has no train_caps.txt{where}; this dataset can only be evaluated "
+        raise MissingFileError(f"{folder} has no train_caps.txt{where}; this dataset can only be evaluated "
                                 "(give a tokenizer via data.vocab / a checkpoint and use splits=('test',))")
     full_all = load_split(folder, "train", image_dir, False, ext) if has_train else None
     train = val = None
@@ -114,15 +121,23 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
     used = [(n, sp) for n, sp in (("train", train), ("val", val), ("test", test)) if sp is not None and n in splits]
     check_images([sp.image_path(i) for _, sp in used for i in range(sp.n_images)],  # all bad files in one error
                  f"split(s) {', '.join(n for n, _ in used)} of {folder}")
-    leakage_report({k: v for k, v in (("train", train), ("val", val), ("test", test)) if v is not None})
+    # a test image named in train/val is an error; identical files under other names are counted and logged
+    leakage = check_leakage({k: v for k, v in (("train", train), ("val", val), ("test", test)) if v is not None},
+                            content_hash=True, where=where)
     if tokenizer_state is not None:
         tokenizer = tokenizer_from_state(tokenizer_state)
     else:
-        tokenizer = build_tokenizer(cfg, train.captions if train is not None else None)
+        tokenizer = build_tokenizer(cfg, train.captions if train is not None else None,
+                                    f"the training captions of fold {fold}")
+    vocab = vocab_report(tokenizer, full_all.captions if full_all is not None else [], test.captions)
+    if "n_test_only" in vocab:
+        log.info("vocabulary: %s, %d words, %d of them occur only in test captions%s", vocab["source"],
+                 vocab["n_words"], vocab["n_test_only"],
+                 f" (e.g. {', '.join(vocab['test_only_examples'][:5])})" if vocab["n_test_only"] else "")
     scene_names = _scene_names(full_all.scenes if full_all is not None else test.scenes)
     keep = set(splits)
     return DataBundle(train if "train" in keep else None, val if "val" in keep else None, test, tokenizer,
-                      scene_names)
+                      scene_names, vocab, leakage)
 
 
 def _loader_kwargs(cfg: DataCfg) -> dict[str, Any]:
@@ -186,9 +201,7 @@ def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple
                        collate_fn=CaptionCollate(bundle.tokenizer)))
 
 
-def model_context(bundle: DataBundle) -> Any:
-    """``models.base.ModelContext`` for the bundle: vocab words, vocab size (incl. padding), scene names."""
-    from models.base import ModelContext  # data must not import models at module level
-
+def model_context(bundle: DataBundle) -> ModelContext:
+    """The :class:`core.context.ModelContext` of the bundle: vocab words, vocab size (incl. padding), scene names."""
     return ModelContext(vocab_words=list(bundle.tokenizer.words) if bundle.tokenizer.words else None,
                         vocab_size=len(bundle.tokenizer), scene_names=list(bundle.scene_names))

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from core.errors import DataError
+
 
 def load_caption_weights(path: str | Path, captions: Sequence[str]) -> list[float]:
     """Per-caption weights from a JSON file, for the data side's ``cap_weight``.
@@ -20,10 +22,10 @@ def load_caption_weights(path: str | Path, captions: Sequence[str]) -> list[floa
     data = json.loads(Path(path).read_text())
     if isinstance(data, list) and all(isinstance(x, (int, float)) for x in data):
         if len(data) != len(captions):
-            raise ValueError(f"{path}: {len(data)} weights for {len(captions)} captions")
+            raise DataError(f"{path}: {len(data)} weights for {len(captions)} captions")
         return [float(x) for x in data]
     if isinstance(data, list):
         data = {r["caption"]: r["length"] for r in data}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a list of weights, a caption -> weight mapping or FISVL records")
+        raise DataError(f"{path}: expected a list of weights, a caption -> weight mapping or FISVL records")
     return [float(data.get(c, 1.0)) for c in captions]

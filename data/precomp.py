@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from core.errors import DataError, MissingFileError
+
 log = logging.getLogger(__name__)
 
 NONECLASS = "noneclass"
@@ -122,18 +124,18 @@ def group_filenames(names: list[str], n_captions: int, name_file: str, caps_file
         for line_no, name in enumerate(names):
             if not unique or name != unique[-1]:
                 if name in seen:
-                    raise ValueError(f"{name_file}: '{name}' appears again at line {line_no + 1} after other names; "
+                    raise DataError(f"{name_file}: '{name}' appears again at line {line_no + 1} after other names; "
                                      "the captions of one image must be on consecutive lines")
                 seen.add(name)
                 unique.append(name)
             txt2img.append(len(unique) - 1)
         return unique, txt2img
     if len(names) == 0 or n_captions % len(names) != 0:
-        raise ValueError(f"{name_file} has {len(names)} lines, {caps_file} {n_captions}: expected one filename "
+        raise DataError(f"{name_file} has {len(names)} lines, {caps_file} {n_captions}: expected one filename "
                          "line per caption (equal counts) or one per image (captions a multiple of filenames)")
     if len(set(names)) != len(names):
         dup = next(n for i, n in enumerate(names) if n in names[:i])
-        raise ValueError(f"{name_file}: one line per image expected, but '{dup}' is listed twice")
+        raise DataError(f"{name_file}: one line per image expected, but '{dup}' is listed twice")
     per_image = n_captions // len(names)
     return list(names), [j // per_image for j in range(n_captions)]
 
@@ -171,7 +173,7 @@ def load_split(folder: str | Path, split: str, image_dir: str | Path | None = No
     caps_path, names_path = folder / f"{split}_caps.txt", folder / f"{split}_filename.txt"
     for p in (caps_path, names_path):
         if not p.is_file():
-            raise FileNotFoundError(f"{p} not found (a precomp split needs {caps_path.name} and {names_path.name})")
+            raise MissingFileError(f"{p} not found (a precomp split needs {caps_path.name} and {names_path.name})")
     captions = [c.strip() for c in read_lines(caps_path)]
     names = [n.strip() for n in read_lines(names_path)]
     if ext:
@@ -198,7 +200,7 @@ def check_image_files(split: PrecompSplit) -> None:
     if missing:
         shown = ", ".join(missing[:_MAX_LISTED])
         more = f", ... ({len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
-        raise FileNotFoundError(f"{len(missing)} of {split.n_images} images of split '{split.split}' are missing "
+        raise MissingFileError(f"{len(missing)} of {split.n_images} images of split '{split.split}' are missing "
                                 f"in {split.image_dir}: {shown}{more}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.config import ConfigError, DataCfg
 from core.registry import Registry
+from core.errors import MissingFileError
 
 DATASETS = Registry("dataset")
 
@@ -86,7 +87,7 @@ def resolve_folders(cfg: DataCfg) -> tuple[Path, Path]:
     else:
         folder = root / f"{preset.stem}_precomp"
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"dataset folder not found: {folder} (data.dataset={cfg.dataset}, data.root={cfg.root}); it must hold "
             "train_caps.txt, train_filename.txt, test_caps.txt, test_filename.txt and the image folder "
             f"'{preset.image_dir}'"

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from core.config import ConfigError, DataCfg
+from core.errors import DataError, MissingFileError
 from data.stopwords import ENGLISH_STOPWORDS
 
 PUNCTUATION = frozenset(", . : ; ? ( ) [ ] & ! * @ # $ %".split())  # METHODS.md A2, dropped before counting
@@ -96,11 +97,20 @@ class Tokenizer:
 
 # ------------------------------------------------------------------------------------------------ word vocab
 class VocabTokenizer(Tokenizer):
-    """GaLR-family word vocabulary. Args: words ordered by id (id i is ``words[i-1]``; ``<unk>`` last)."""
+    """GaLR-family word vocabulary.
+
+    Args:
+        words: ordered by id (id i is ``words[i-1]``; ``<unk>`` last).
+        max_tokens: captions are cut to this many ids.
+        drop_stopwords: drop stop-words instead of mapping them to ``<unk>``.
+        source: where the words came from (a file path or "built from ..."); kept in ``state()`` so a resumed run
+            or test.py still says which vocabulary it uses.
+    """
 
     kind = "vocab"
 
-    def __init__(self, words: Sequence[str], max_tokens: int = 47, drop_stopwords: bool = False) -> None:
+    def __init__(self, words: Sequence[str], max_tokens: int = 47, drop_stopwords: bool = False,
+                 source: str = "") -> None:
         words = list(words)
         if UNK not in words:
             words.append(UNK)
@@ -109,6 +119,7 @@ class VocabTokenizer(Tokenizer):
         self.unk_id = self.word2idx[UNK]
         self.max_tokens = max_tokens
         self.drop_stopwords = drop_stopwords
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.words) + 1
@@ -122,7 +133,7 @@ class VocabTokenizer(Tokenizer):
 
     def state(self) -> dict:
         return {"kind": self.kind, "words": list(self.words), "max_tokens": self.max_tokens,
-                "drop_stopwords": self.drop_stopwords}
+                "drop_stopwords": self.drop_stopwords, "source": self.source}
 
 
 def build_vocab(captions: Iterable[str], min_count: int = 5) -> list[str]:
@@ -137,15 +148,19 @@ def load_vocab_json(path: str | Path) -> list[str]:
     """Words ordered by id from a GaLR ``*_splits_vocab.json`` (``word2idx``/``idx2word``/``idx``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"vocabulary file not found: {path} (a JSON with word2idx, idx2word and idx)")
+        raise MissingFileError(
+            f"vocabulary file not found: {path} (data.vocab). The *_splits_vocab.json files come from the GaLR / "
+            "AMFMN repositories (github.com/xiaoyuan1996/GaLR, github.com/xiaoyuan1996/AMFMN; needed only to load "
+            "their published checkpoints); set data.vocab=\"\" (the default) to build the vocabulary from the "
+            "fold's training captions")
     data = json.loads(path.read_text())
     try:
         idx2word = data["idx2word"]
         words = [idx2word[str(i)] for i in range(1, int(data["idx"]))]
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a word2idx/idx2word/idx vocabulary ({e!r})") from None
+        raise DataError(f"{path}: not a word2idx/idx2word/idx vocabulary ({e!r})") from None
     if any(data["word2idx"].get(w) != i + 1 for i, w in enumerate(words)):
-        raise ValueError(f"{path}: word2idx and idx2word disagree")
+        raise DataError(f"{path}: word2idx and idx2word disagree")
     return words
 
 
@@ -238,19 +253,21 @@ class ClipTokenizer(Tokenizer):
 
 
 # --------------------------------------------------------------------------------------------------- factory
-def build_tokenizer(cfg: DataCfg, train_captions: list[str] | None = None) -> Tokenizer:
+def build_tokenizer(cfg: DataCfg, train_captions: list[str] | None = None, built_from: str = "training captions"
+                    ) -> Tokenizer:
     """Tokenizer chosen by ``data.tokenizer``.
 
-    vocab: ``data.vocab`` JSON when set, else built from ``train_captions`` (min count 5).
+    vocab: built from ``train_captions`` (min count 5; ``built_from`` says what they are, for the vocabulary's
+    ``source``) unless ``data.vocab`` names a JSON file (the upstream files, for published checkpoints).
     """
     if cfg.tokenizer == "vocab":
         if cfg.vocab:
-            words = load_vocab_json(cfg.vocab)
+            words, source = load_vocab_json(cfg.vocab), f"file {cfg.vocab}"
         elif train_captions is not None:
-            words = build_vocab(train_captions)
+            words, source = build_vocab(train_captions), f"built from {built_from} ({len(train_captions)} captions)"
         else:
             raise ConfigError("data.tokenizer 'vocab' needs data.vocab (a vocab JSON) or training captions")
-        return VocabTokenizer(words, cfg.max_tokens, cfg.drop_stopwords)
+        return VocabTokenizer(words, cfg.max_tokens, cfg.drop_stopwords, source)
     if cfg.tokenizer == "bert":
         if not cfg.tokenizer_path:
             raise ConfigError("data.tokenizer 'bert' needs data.tokenizer_path (a local tokenizer folder)")
@@ -264,9 +281,48 @@ def tokenizer_from_state(state: dict[str, Any]) -> Tokenizer:
     """Rebuild the tokenizer whose :meth:`Tokenizer.state` was saved (e.g. in a checkpoint)."""
     kind = state.get("kind")
     if kind == "vocab":
-        return VocabTokenizer(state["words"], int(state.get("max_tokens", 47)), bool(state.get("drop_stopwords")))
+        return VocabTokenizer(state["words"], int(state.get("max_tokens", 47)), bool(state.get("drop_stopwords")),
+                              str(state.get("source", "")))
     if kind == "bert":
         return BertTokenizer(state["path"], int(state.get("max_tokens", 47)))
     if kind == "clip":
         return ClipTokenizer(state.get("clip_model", "ViT-B-32"))
     raise ValueError(f"unknown tokenizer state kind {kind!r}")
+
+
+def vocab_report(tokenizer: Tokenizer, train_captions: Sequence[str], test_captions: Sequence[str],
+                 min_count: int = 5, n_examples: int = 10) -> dict[str, Any]:
+    """Which vocabulary a run uses and how many of its words come from the test captions.
+
+    Two counts, over the words of the vocabulary that occur in test captions:
+
+    * ``n_test_only``: they occur in no training caption at all (RSITMD's upstream file: 2, "extremely" and "20");
+    * ``n_from_test``: they occur fewer than ``min_count`` times in the training captions, so a vocabulary built
+      from those (:func:`build_vocab`) would not hold them: they are in it only thanks to the test captions
+      (upstream files: RSITMD 81, RSICD 179, Sydney 3, UCM 0). A vocabulary built from training captions has 0 of
+      both.
+
+    Args:
+        tokenizer: the run's tokenizer.
+        train_captions: every caption of the training file (train and validation images).
+        test_captions: the test captions the run evaluates on.
+        min_count: the build rule's minimum count.
+
+    Returns:
+        ``{"tokenizer", "source", "n_words"}`` and, for word vocabularies, ``n_test_only``, ``n_from_test`` and
+        ``from_test_examples`` (the first ``n_examples`` of the latter, in id order).
+    """
+    out: dict[str, Any] = {"tokenizer": tokenizer.kind, "n_words": len(tokenizer)}
+    if tokenizer.kind == "bert":
+        out["source"] = f"WordPiece from {getattr(tokenizer, 'path', '')}"
+    elif tokenizer.kind == "clip":
+        out["source"] = f"open_clip BPE ({getattr(tokenizer, 'model_name', '')})"
+    if tokenizer.words is None:
+        return out
+    counts = Counter(t for c in train_captions for t in word_tokens(c))
+    in_test = {t for c in test_captions for t in word_tokens(c)}
+    from_test = [w for w in tokenizer.words if w in in_test and counts[w] < min_count]
+    out.update(source=getattr(tokenizer, "source", "") or "unknown (a saved tokenizer without its source)",
+               n_words=len(tokenizer.words), n_test_only=sum(counts[w] == 0 for w in from_test),
+               n_from_test=len(from_test), from_test_examples=from_test[:n_examples])
+    return out

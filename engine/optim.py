@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from core.config import OptimCfg
+from core.errors import ConfigError
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -53,14 +54,14 @@ def build_optimizer(cfg: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
     """Adam / AdamW / SGD over :func:`param_groups`."""
     groups = param_groups(cfg, model)
     if not groups:
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError("the model has no trainable parameters")
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"optim.name must be adam, adamw or sgd, got '{cfg.name}'")
+    raise ConfigError(f"optim.name must be adam, adamw or sgd, got '{cfg.name}'")
 
 
 def lr_factor(cfg: OptimCfg, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
@@ -83,7 +84,7 @@ def lr_factor(cfg: OptimCfg, steps_per_epoch: int, epochs: int) -> Callable[[int
         "constant": lambda s: 1.0,
     }
     if cfg.scheduler not in table:
-        raise ValueError(f"optim.scheduler must be one of {', '.join(table)}, got '{cfg.scheduler}'")
+        raise ConfigError(f"optim.scheduler must be one of {', '.join(table)}, got '{cfg.scheduler}'")
     return table[cfg.scheduler]
 
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.dist import all_gather_with_grad
+from core.errors import ConfigError
 from losses import LOSSES
 from losses.infonce import info_nce, temperature_from
 
@@ -173,7 +174,7 @@ class WeightedInfoNCELoss(nn.Module):
     def __init__(self, params: WeightedInfoNCEParams) -> None:
         super().__init__()
         if params.weight_source not in ("length", "batch"):
-            raise ValueError(f"weighted_infonce: weight_source must be length or batch, got '{params.weight_source}'")
+            raise ConfigError(f"weighted_infonce: weight_source must be length or batch, got '{params.weight_source}'")
         self.p = params
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], epoch: int) -> torch.Tensor:

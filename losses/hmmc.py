@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.dist import all_gather_with_grad
+from core.errors import ConfigKeyError
 from losses import LOSSES
 from losses.infonce import info_nce, temperature_from
 
@@ -53,7 +54,7 @@ class HMMCLoss(nn.Module):
         """Args: outputs as above, batch with ``img_ids`` [B] (multi_positive only). Returns: scalar loss."""
         missing = [k for k in ("img_emb", "txt_emb", "img_aug", "txt_aug") if k not in outputs]
         if missing:
-            raise KeyError(f"hmmc needs the augmented views; model outputs lack {missing} (clip_adapter with "
+            raise ConfigKeyError(f"hmmc needs the augmented views; model outputs lack {missing} (clip_adapter with "
                            f"model.params.augment: true gives them)")
         feats = [outputs[k].float() for k in ("img_emb", "txt_emb", "img_aug", "txt_aug")]
         if self.p.normalize:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses import LOSSES
+from core.errors import ConfigError, ConfigKeyError
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,14 @@ class MocoCE(nn.Module):
     def __init__(self, params: MocoCEParams) -> None:
         super().__init__()
         if not params.keys:
-            raise ValueError("loss moco_ce: params.keys is empty")
+            raise ConfigError("loss moco_ce: params.keys is empty")
         self.p = params
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], epoch: int) -> torch.Tensor:
         total = None
         for key in self.p.keys:
             if key not in outputs:
-                raise KeyError(f"loss moco_ce: model output '{key}' missing (the model computes it in training mode)")
+                raise ConfigKeyError(f"loss moco_ce: model output '{key}' missing (the model computes it in training mode)")
             logits = outputs[key].float()
             target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
             value = F.cross_entropy(logits, target)
@@ -70,7 +71,7 @@ class ConceptBCE(nn.Module):
     def __init__(self, params: ConceptBCEParams) -> None:
         super().__init__()
         if not params.keys:
-            raise ValueError("loss concept_bce: params.keys is empty")
+            raise ConfigError("loss concept_bce: params.keys is empty")
         self.p = params
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], epoch: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.dist import all_gather_with_grad
+from core.errors import ConfigError
 from losses import LOSSES
 
 
@@ -66,7 +67,7 @@ def triplet_loss(s: torch.Tensor, margin: float, mode: str, neg_mask: torch.Tens
         return cost_c.max(dim=1).values.sum() + cost_i.max(dim=0).values.sum()
     if mode == "sum":
         return cost_c.sum() + cost_i.sum()
-    raise ValueError(f"loss triplet: mode must be 'sum' or 'hardest', got '{mode}'")
+    raise ConfigError(f"loss triplet: mode must be 'sum' or 'hardest', got '{mode}'")
 
 
 @LOSSES.register("triplet")
@@ -78,7 +79,7 @@ class TripletLoss(nn.Module):
     def __init__(self, params: TripletParams) -> None:
         super().__init__()
         if params.mode not in ("sum", "hardest") or params.reduction not in ("sum", "mean"):
-            raise ValueError(f"loss triplet: bad mode/reduction {params.mode}/{params.reduction}")
+            raise ConfigError(f"loss triplet: bad mode/reduction {params.mode}/{params.reduction}")
         self.p = params
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], epoch: int) -> torch.Tensor:

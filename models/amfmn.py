@@ -41,9 +41,12 @@ import torch
 from torch import nn
 
 from core.config import ConfigError, ModelCfg
+from core.errors import MissingFileError
 from models.base import ModelContext, RetrievalModel
+from core.files import RequiredFile
+from models.encoders.cnn import resnet_required_files
 from models.encoders.mvsa import MVSAImageTower, upstream_tower_keys
-from models.encoders.skipthoughts import SkipThoughtText, missing_skipthought_files
+from models.encoders.skipthoughts import SkipThoughtText, missing_skipthought_files, skipthought_required_files
 from models.registry import MODELS
 
 
@@ -70,8 +73,17 @@ def check_assets(cfg: ModelCfg, p: Any, extra: list[str] | None = None) -> None:
         missing += [f"{m}; model.params.skipthought_dir" for m in missing_skipthought_files(p.skipthought_dir)]
     missing += extra or []
     if missing:
-        raise FileNotFoundError("missing pretrained files:\n  " + "\n  ".join(missing) +
+        raise MissingFileError("missing pretrained files:\n  " + "\n  ".join(missing) +
                                 "\nput them there, change the paths in model.params, or set model.pretrained=false")
+
+
+def amfmn_required_files(cfg: ModelCfg, p: Any) -> list[RequiredFile]:
+    """ResNet weights + skip-thought files of the AMFMN towers (none without ``cfg.pretrained``)."""
+    if not cfg.pretrained:
+        return []
+    needs = resnet_required_files(p.resnet_weights, f"ImageNet {p.backbone} weights, torchvision layout",
+                                  "model.params.resnet_weights")
+    return needs + (skipthought_required_files(p.skipthought_dir) if p.skipthought_dir else [])
 
 
 def text_tower(cfg: ModelCfg, p: Any, ctx: ModelContext) -> SkipThoughtText:
@@ -102,6 +114,12 @@ class AMFMN(RetrievalModel):
     """AMFMN (module docstring). ``encode_image`` -> MVSA feature [N, D]; ``encode_text`` -> [M, D]."""
 
     Params = AMFMNParams
+
+    @classmethod
+    def required_files(cls, cfg: ModelCfg, params: AMFMNParams) -> list[RequiredFile]:
+        """ResNet weights and the skip-thought release (pretrained only)."""
+        return amfmn_required_files(cfg, params)
+    pairwise_similarity = True  # similarity() is the gated-text cosine, not a plain matmul
 
     def __init__(self, cfg: ModelCfg, params: AMFMNParams, ctx: ModelContext) -> None:
         super().__init__()

@@ -69,7 +69,7 @@ class MRSAdapter(nn.Module):
                  dropout: float = 0.5) -> None:
         super().__init__()
         if shared_dim >= min(text_width, visual_width):
-            raise ValueError(f"adapter shared_dim {shared_dim} must be smaller than the tower widths "
+            raise ConfigError(f"adapter shared_dim {shared_dim} must be smaller than the tower widths "
                              f"({text_width}, {visual_width})")
         self.text_down = nn.Linear(text_width, bottleneck)
         self.visual_down = nn.Linear(visual_width, bottleneck)

@@ -43,10 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelCfg
+from core.errors import ConfigError, MissingFileError
+from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
-from models.encoders.cnn import build_resnet, resnet_features
+from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
 from models.encoders.gpo import GPO
-from models.encoders.skipthoughts import UniSkip, missing_skipthought_files, upstream_uniskip_keys
+from models.encoders.skipthoughts import (UniSkip, missing_skipthought_files, skipthought_required_files,
+                                          upstream_uniskip_keys)
 from models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -84,7 +87,7 @@ class VisualEncoder(nn.Module):
         self.backbone.fc = nn.Identity()  # the classifier never reaches an embedding
         e = 4 if p.arch in ("resnet50", "resnet101") else 1
         if 512 * e != dim:
-            raise ValueError(f"kamcl: the global feature has {512 * e} channels ({p.arch} layer4) but embed_dim is "
+            raise ConfigError(f"kamcl: the global feature has {512 * e} channels ({p.arch} layer4) but embed_dim is "
                              f"{dim}")
         self.gpo_global = GPO(p.gpo_dim, p.gpo_dim)
         self.low_gpo = GPO(p.gpo_dim, p.gpo_dim)
@@ -100,7 +103,7 @@ class VisualEncoder(nn.Module):
         glob = self.gpo_global(f["f4"].flatten(2).transpose(1, 2))  # GPO over the f4 positions
         lower = torch.cat([f["f1"], F.interpolate(f["f2"], scale_factor=2.0, mode="nearest")], dim=1)
         if lower.shape[-1] ** 2 != self.low_fc.in_features:
-            raise ValueError(f"kamcl: images give a {tuple(lower.shape[-2:])} low-level map but the model was built "
+            raise ConfigError(f"kamcl: images give a {tuple(lower.shape[-2:])} low-level map but the model was built "
                              f"for model.params.image_size={int(self.low_fc.in_features ** 0.5) * 4}")
         low = self.low_fc(self.low_gpo(lower.flatten(2)))  # GPO over the channels, each a token of H*W values
         # mean of [f3; up2(f4)]: nearest 2x upsampling repeats every value 4 times, so its mean is f4's mean
@@ -145,10 +148,22 @@ class KAMCL(RetrievalModel):
 
     Params = KAMCLParams
 
+    @classmethod
+    def required_files(cls, cfg: ModelCfg, params: KAMCLParams) -> list[RequiredFile]:
+        """ResNet weights, the skip-thought release and the tag files (pretrained only)."""
+        if not cfg.pretrained:
+            return []
+        needs = resnet_required_files(params.backbone_weights, f"{params.arch} ImageNet weights, torchvision "
+                                      "resnet18-f37072fd.pth", "model.params.backbone_weights")
+        needs += skipthought_required_files(params.skipthought_dir)
+        return needs + [RequiredFile(f"model.params.{key}", getattr(params, key), f"{what}; make it with "
+                                     "scripts/build_tags.py") for key, what in (("tags_path", "per-image tags"),
+                                                                              ("tag_vocab_path", "tag vocabulary"))]
+
     def __init__(self, cfg: ModelCfg, params: KAMCLParams, ctx: ModelContext) -> None:
         super().__init__()
         if ctx.vocab_size <= 1 or ctx.vocab_words is None:
-            raise ValueError("kamcl needs a word vocabulary (data.tokenizer: vocab)")
+            raise ConfigError("kamcl needs a word vocabulary (data.tokenizer: vocab)")
         if cfg.pretrained:
             _check_files(params)
         dim, self.p = cfg.embed_dim, params
@@ -307,5 +322,5 @@ def _check_files(p: KAMCLParams) -> None:
         if not Path(path).is_file():
             missing.append(f"{path} ({what}; make it with scripts/build_tags.py)")
     if missing:
-        raise FileNotFoundError("kamcl: missing files:\n  " + "\n  ".join(missing) +
+        raise MissingFileError("kamcl: missing files:\n  " + "\n  ".join(missing) +
                                 "\n(or use model.pretrained=false for random init)")

@@ -8,24 +8,33 @@ Towers: Swin-T (timm, ImageNet-22k weights from ``pretrained/swin_tiny_patch4_wi
 AID ResNet-50 (``pretrained/aid_28-rsp-resnet-50-ckpt.pth``, RSP release). All three are user-provided local files.
 
 * VIR (image): Swin tokens (avg "CLS" + patches) -> ``vision_proj``; the ResNet GAP feature -> ``conv_proj``
-  (the prior). Tokens are scored by ``softmax(token · conv)`` and the top ``filter_size`` kept in score order;
-  ``instru_num`` rounds of self-attention and a cross block whose queries are ``mapping_img[i](conv)`` copied once
-  per kept token; ``img = norm(CLS + drop(head_img(X[0])))``.
+  (the prior). Tokens are scored by ``softmax(token · conv)`` and the top ``filter_size`` kept in score order
+  (:func:`select_tokens`); ``instru_num`` rounds of self-attention and a cross block whose queries are
+  ``mapping_img[i](conv)`` copied once per kept token; ``img = norm(CLS + drop(head_img(X[0])))``.
 * LCA (text): BERT tokens -> ``text_proj``; ``cycle_num`` rounds of self-attention and a cross block whose queries
   are ``mapping_txt[i]`` of the round's input; ``txt = norm(CLS + drop(head_txt(X[0])))``.
+* Cross blocks (published architecture, models/encoders/blocks.py): the residual goes to the key/value input (the
+  self-attended tokens), ``X = LN(X + attn(q, X, X))``; the queries only steer the attention.
 * Learnable temperatures ``temp`` (InfoNCE) and ``temp2`` (affiliation loss), initialised to 0.07, returned by
   ``forward``; the losses (``infonce`` multi-positive + ``affiliation``) live in losses/.
 
 Where rsitr differs from upstream (each a flag; ``model.upstream_compat: true`` restores upstream numerics):
 
-* BERT and the text attention blocks see the attention mask (upstream attends to padding; E). Compat: no mask.
+* BERT and the text attention blocks see the attention mask (upstream attends to padding; E). Compat: no mask,
+  so a caption's embedding depends on how far its batch is padded: upstream evaluates text in batches of 128 padded
+  to the longest caption, which the configs reproduce with ``data.eval_batch_size: 128`` (the loader pads each
+  batch to its longest caption, in file order).
+* Token selection: with large token-prior products the softmax rounds most scores to exactly 0, so the order of
+  ties decides which tokens are kept. Upstream sorts descending and keeps the first ``filter_size``; compat does
+  the same with a stable sort (ties broken by token index, lowest first). The default uses ``topk`` (ties in no
+  defined order).
 * The frozen ResNet is kept in eval mode so its BatchNorm statistics do not drift (D10; ``resnet_bn: train`` is
   upstream's behaviour). The ResNet output is flattened, not squeezed (upstream breaks on batch size 1).
 * The best epoch is chosen on the validation split by the engine; upstream picked it on the test split (D2).
   Upstream trains on one fixed JSON split, which equals SWAN's stratified split: ``data.protocol: fixed`` with
   ``data.split_dir`` reproduces it exactly, ``stratified`` (the default here) draws an equivalent one.
-* ``upstream_attn_order``: the MCAN-style attention of SWAN's code base swaps q/k/v (models/encoders/sfgs.py);
-  whether PIR's blocks share it is unverified (METHODS.md E does not list it), so it is off, also under compat.
+* PIR's blocks use textbook q/k/v attention; SWAN's argument mix-up (models/encoders/sfgs.py) is not in PIR's
+  code: tests/models/test_parity.py matches the upstream outputs without it.
 
 Published checkpoints (``model.init_from: upstream:PATH``): every key of upstream_keys/pir.txt is placed by
 :meth:`PIR.convert_upstream` (Swin patch-merging keys shift one stage; ``conv_encoder.{0,1,4..7}`` are the
@@ -42,11 +51,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelCfg
+from core.errors import ConfigError
 from models.base import ModelContext, RetrievalModel
-from models.encoders.bert import bert_tokens, build_bert
+from core.files import RequiredFile
+from models.encoders.bert import bert_required_files, bert_tokens, build_bert
 from models.encoders.blocks import CrossBlock, SABlock
-from models.encoders.cnn import build_resnet, resnet_features
-from models.encoders.swin import build_swin, convert_swin_upstream, swin_tokens
+from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
+from models.encoders.swin import build_swin, convert_swin_upstream, swin_required_files, swin_tokens
 from models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -89,29 +100,43 @@ class PIRParams(TowerParams):
     instru_num: int = 2  # VIR rounds
     cycle_num: int = 3  # LCA rounds
     text_mask: bool = True  # mask padding in BERT and LCA (upstream_compat: false)
-    upstream_attn_order: bool = False  # SWAN-style q/k/v mix-up in the blocks (unverified for PIR)
 
 
-def select_tokens(tokens: torch.Tensor, prior: torch.Tensor, k: int) -> torch.Tensor:
+def select_tokens(tokens: torch.Tensor, prior: torch.Tensor, k: int, stable: bool = False) -> torch.Tensor:
     """VIR filtering: keep the ``k`` tokens with the highest ``softmax(token · prior)``, best first.
 
     Args:
         tokens: [B, N, D]; prior: [B, D]; k: tokens kept (capped at N).
+        stable: upstream selection, a stable descending sort: equal scores (softmax often rounds many to exactly
+            0) keep token order, lowest index first. Otherwise ``topk``, whose tie order is unspecified.
 
     Returns:
         [B, min(k, N), D].
     """
     scores = torch.softmax((tokens @ prior.unsqueeze(-1)).squeeze(-1), dim=1)  # [B, N]
-    idx = scores.topk(min(k, tokens.shape[1]), dim=1).indices  # sorted: highest prior score first
+    k = min(k, tokens.shape[1])
+    if stable:
+        idx = scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    else:
+        idx = scores.topk(k, dim=1).indices  # sorted: highest prior score first
     return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 class DualTowers(RetrievalModel):
     """Swin + BERT + ResNet towers, projections and temperatures shared by PIR and FISVL."""
 
+    @classmethod
+    def required_files(cls, cfg: ModelCfg, params: TowerParams) -> list[RequiredFile]:
+        """Swin weights, the BERT folder (config.json + weights) and the ResNet weights (pretrained only)."""
+        if not cfg.pretrained:
+            return []
+        return (swin_required_files(params.swin_weights) + bert_required_files(params.bert_path) +
+                resnet_required_files(params.resnet_weights, f"AID/ImageNet {params.resnet_arch} weights",
+                                      "model.params.resnet_weights"))
+
     def _build_towers(self, cfg: ModelCfg, p: TowerParams, ctx: ModelContext) -> None:
         if p.resnet_bn not in ("eval", "train"):
-            raise ValueError(f"model.params.resnet_bn must be eval or train, got '{p.resnet_bn}'")
+            raise ConfigError(f"model.params.resnet_bn must be eval or train, got '{p.resnet_bn}'")
         self.p, self.compat = p, cfg.upstream_compat
         self.vision_encoder = build_swin(cfg.pretrained, p.swin_weights, p.swin_img_size, p.swin_embed_dim,
                                          p.swin_depths, p.swin_heads, p.swin_window, p.swin_drop_path)
@@ -120,7 +145,7 @@ class DualTowers(RetrievalModel):
                                        p.bert_heads, p.bert_intermediate, p.bert_max_positions)
         rows = self.text_encoder.config.vocab_size
         if ctx.vocab_size > rows:
-            raise ValueError(f"the tokenizer has {ctx.vocab_size} ids but the BERT embedding has {rows} rows")
+            raise ConfigError(f"the tokenizer has {ctx.vocab_size} ids but the BERT embedding has {rows} rows")
         self.conv_encoder = build_resnet(p.resnet_arch, cfg.pretrained, p.resnet_weights,
                                          f"AID/ImageNet {p.resnet_arch} weights (model.params.resnet_weights)")
         conv_width = self.conv_encoder.fc.in_features
@@ -185,13 +210,13 @@ class PIR(DualTowers):
     def __init__(self, cfg: ModelCfg, params: PIRParams, ctx: ModelContext) -> None:
         super().__init__()
         self._build_towers(cfg, params, ctx)
-        d, h, p, order = cfg.embed_dim, params.heads, params, params.upstream_attn_order
+        d, h, p = cfg.embed_dim, params.heads, params
         self.mapping_img = nn.ModuleList([nn.Linear(d, d) for _ in range(p.instru_num)])
-        self.img_sa = nn.ModuleList([SABlock(d, h, p.dropout, order) for _ in range(p.instru_num)])
-        self.img_ca = nn.ModuleList([CrossBlock(d, h, p.dropout, order) for _ in range(p.instru_num)])
+        self.img_sa = nn.ModuleList([SABlock(d, h, p.dropout) for _ in range(p.instru_num)])
+        self.img_ca = nn.ModuleList([CrossBlock(d, h, p.dropout) for _ in range(p.instru_num)])
         self.mapping_txt = nn.ModuleList([nn.Linear(d, d) for _ in range(p.cycle_num)])
-        self.txt_sa = nn.ModuleList([SABlock(d, h, p.dropout, order) for _ in range(p.cycle_num)])
-        self.txt_ca = nn.ModuleList([CrossBlock(d, h, p.dropout, order) for _ in range(p.cycle_num)])
+        self.txt_sa = nn.ModuleList([SABlock(d, h, p.dropout) for _ in range(p.cycle_num)])
+        self.txt_ca = nn.ModuleList([CrossBlock(d, h, p.dropout) for _ in range(p.cycle_num)])
         self.head_img = nn.Linear(d, d)
         self.head_txt = nn.Linear(d, d)
         self.dropout_head_img = nn.Dropout(p.dropout)
@@ -202,7 +227,7 @@ class PIR(DualTowers):
         images = batch["images"]
         tokens = self.vision_proj(swin_tokens(self.vision_encoder, images))  # [B, 1+N, D]
         conv = self.dropout_conv_proj(self.conv_proj(self._resnet(images)["gap"]))  # [B, D]
-        x = select_tokens(tokens, conv, self.p.filter_size)
+        x = select_tokens(tokens, conv, self.p.filter_size, stable=self.compat)
         k = x.shape[1]
         for i in range(self.p.instru_num):
             x = self.img_sa[i](x)

@@ -10,6 +10,8 @@ import torch
 from core.config import ConfigError, ModelCfg, parse_params
 from core.registry import Registry
 from core.utils import import_submodules
+from core.errors import CheckpointError, MissingFileError
+from core.files import RequiredFile, check_required_files
 from models.base import ModelContext, RetrievalModel
 
 MODELS = Registry("model")
@@ -32,20 +34,47 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def _method(cfg: ModelCfg, source: str) -> tuple[type[RetrievalModel], Any]:
+    """(class, validated params) of the method named by ``cfg``."""
+    _ensure_registered()
+    try:
+        cls = MODELS.get(cfg.name)
+    except KeyError as e:
+        raise ConfigError(f"{source or 'config'}: model.name: {e.args[0]}") from None
+    return cls, parse_params(cls.Params, cfg.params, "model.params", source)
+
+
+def model_required_files(cfg: ModelCfg, source: str = "") -> list[RequiredFile]:
+    """Every file building ``cfg`` reads: the method's declared assets (``required_files``) and the checkpoint of
+    ``model.init_from``. Nothing is read; with ``model.pretrained: false`` only ``init_from`` can appear."""
+    cls, params = _method(cfg, source)
+    needs = list(cls.required_files(cfg, params))
+    kind, _, path = cfg.init_from.partition(":")
+    if path:
+        needs.append(RequiredFile("model.init_from", path, f"{kind} checkpoint whose weights initialise the model"))
+    return needs
+
+
+def missing_model_files_hint(cfg: ModelCfg) -> str:
+    """What to do about missing model files (random init is offered only when pretrained files are read)."""
+    hint = "put the files there or point the named keys at them"
+    return hint + ("; or set model.pretrained=false for random init (reads no pretrained file)" if cfg.pretrained
+                   else "")
+
+
 def build_model(cfg: ModelCfg, ctx: ModelContext, source: str = "") -> RetrievalModel:
     """Build the method named ``cfg.name`` with its validated ``model.params``.
+
+    Every file the build reads is checked first and all missing ones are reported in one
+    :class:`core.errors.MissingFileError`.
 
     Args:
         cfg: the ``model`` section.
         ctx: vocabulary / scene information from the data.
         source: config file name, for error messages.
     """
-    _ensure_registered()
-    try:
-        cls = MODELS.get(cfg.name)
-    except KeyError as e:
-        raise ConfigError(f"{source or 'config'}: model.name: {e.args[0]}") from None
-    params = parse_params(cls.Params, cfg.params, "model.params", source)
+    cls, params = _method(cfg, source)
+    check_required_files(model_required_files(cfg, source), "missing pretrained file", missing_model_files_hint(cfg))
     model = cls(cfg, params, ctx)
     if cfg.init_from:
         init_from(model, cfg.init_from)
@@ -55,18 +84,18 @@ def build_model(cfg: ModelCfg, ctx: ModelContext, source: str = "") -> Retrieval
 def _read_state(path: str) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"model.init_from: checkpoint file not found: {p}")
+        raise MissingFileError(f"model.init_from: checkpoint file not found: {p}")
     try:
         ckpt: Any = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling problem becomes one clear line
-        raise ValueError(f"model.init_from: cannot read {p} as a weights-only checkpoint ({type(e).__name__}: "
+        raise CheckpointError(f"model.init_from: cannot read {p} as a weights-only checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200]})") from None
     for key in ("model", "state_dict"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
     if not isinstance(ckpt, dict):
-        raise ValueError(f"model.init_from: {p} holds no state dict")
+        raise CheckpointError(f"model.init_from: {p} holds no state dict")
     return {k[7:] if k.startswith("module.") else k: v for k, v in ckpt.items() if torch.is_tensor(v)}
 
 

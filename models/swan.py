@@ -44,9 +44,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.config import ModelCfg
+from core.errors import ConfigError, MissingFileError
+from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
-from models.encoders.cnn import build_resnet, resnet_features
-from models.encoders.glove import init_embedding_from_glove
+from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
+from models.encoders.glove import glove_required_files, init_embedding_from_glove
 from models.encoders.sfgs import FC, SFGS, convert_sfgs_upstream
 from models.registry import MODELS
 
@@ -202,12 +204,20 @@ class SWAN(RetrievalModel):
 
     Params = SWANParams
 
+    @classmethod
+    def required_files(cls, cfg: ModelCfg, params: SWANParams) -> list[RequiredFile]:
+        """Backbone weights and, when ``glove_path`` is set, the GloVe file (pretrained only)."""
+        if not cfg.pretrained:
+            return []
+        return resnet_required_files(params.backbone_weights, f"{params.arch} weights, the AID RSP or ImageNet file",
+                                     "model.params.backbone_weights") + glove_required_files(params.glove_path)
+
     def __init__(self, cfg: ModelCfg, params: SWANParams, ctx: ModelContext) -> None:
         super().__init__()
         if ctx.vocab_size <= 1 or ctx.vocab_words is None:
-            raise ValueError("swan needs a word vocabulary (data.tokenizer: vocab)")
+            raise ConfigError("swan needs a word vocabulary (data.tokenizer: vocab)")
         if params.backbone_bn not in ("eval", "train"):
-            raise ValueError(f"model.params.backbone_bn must be 'eval' or 'train', got '{params.backbone_bn}'")
+            raise ConfigError(f"model.params.backbone_bn must be 'eval' or 'train', got '{params.backbone_bn}'")
         if cfg.pretrained:
             _check_files(params)
         elif not params.finetune_backbone:
@@ -288,5 +298,5 @@ def _check_files(p: SWANParams) -> None:
         missing.append(f"{p.glove_path}: GloVe 840B 300-d vectors (text file glove.840B.300d.txt); or set "
                        f"model.params.glove_path='' for random word embeddings")
     if missing:
-        raise FileNotFoundError("swan: missing pretrained files — " + "; ".join(missing) +
+        raise MissingFileError("swan: missing pretrained files — " + "; ".join(missing) +
                                 " (or use model.pretrained=false for random init)")

@@ -21,6 +21,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.config import ModelCfg
+from core.errors import ConfigError, MissingFileError
+from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
 from models.registry import MODELS
 
@@ -40,7 +42,7 @@ def _build_backbone(p: VSEParams, pretrained: bool) -> nn.Module:
     if not pretrained:
         return timm.create_model(p.backbone, pretrained=False, num_classes=0)
     if not p.backbone_weights or not Path(p.backbone_weights).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"missing pretrained file: {p.backbone_weights or '(model.params.backbone_weights not set)'} — expected the "
             f"ImageNet weights of timm model '{p.backbone}'; or set model.pretrained=false for random init")
     return timm.create_model(p.backbone, pretrained=True, num_classes=0,
@@ -80,10 +82,16 @@ class VSE(RetrievalModel):
 
     Params = VSEParams
 
+    @classmethod
+    def required_files(cls, cfg: ModelCfg, params: VSEParams) -> list[RequiredFile]:
+        """The timm backbone weights (pretrained only)."""
+        return [RequiredFile("model.params.backbone_weights", params.backbone_weights,
+                             f"ImageNet weights of timm model '{params.backbone}'")] if cfg.pretrained else []
+
     def __init__(self, cfg: ModelCfg, params: VSEParams, ctx: ModelContext) -> None:
         super().__init__()
         if ctx.vocab_size <= 1:
-            raise ValueError("vse needs a word vocabulary (data.tokenizer: vocab)")
+            raise ConfigError("vse needs a word vocabulary (data.tokenizer: vocab)")
         self.p = params
         self.backbone = _build_backbone(params, cfg.pretrained)
         self.img_proj = nn.Linear(self.backbone.num_features, cfg.embed_dim)

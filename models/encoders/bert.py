@@ -2,7 +2,8 @@
 
 Pretrained: ``BertModel.from_pretrained(local_dir)`` on a directory holding ``config.json`` and the weights
 (``model.safetensors`` or ``pytorch_model.bin``) of ``bert-base-uncased``; the same directory's ``vocab.txt`` is what
-the data tokenizer reads (``data.tokenizer: bert``, ``data.tokenizer_path``). Random init: ``BertModel(BertConfig)``
+the data tokenizer reads (``data.tokenizer: bert``, ``data.tokenizer_path``). ``from_pretrained`` only logs missing
+keys, so the weights must also fill at least 90 % of the encoder's tensors (models/encoders/pretrained.py). Random init: ``BertModel(BertConfig)``
 with sizes from the method's params (BERT-base by default, tiny for tests). No pooler: the upstream model has none
 and uses the token features (``[CLS]`` first).
 
@@ -16,6 +17,10 @@ from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertModel
+
+from core.errors import DataError
+from core.files import RequiredFile, check_required_files
+from models.encoders.pretrained import check_coverage, weight_keys
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +41,33 @@ def build_bert(pretrained: bool, path: str = "", vocab_size: int = 30522, hidden
                          num_attention_heads=heads, intermediate_size=intermediate,
                          max_position_embeddings=max_positions)
         return BertModel(cfg, add_pooling_layer=False)
-    d = Path(path) if path else None
-    has_cfg = bool(d and (d / "config.json").is_file())
-    has_weights = bool(d and any((d / f).is_file() for f in WEIGHT_FILES))
-    if not (has_cfg and has_weights):
-        raise FileNotFoundError(
-            f"missing pretrained BERT directory contents: {path or '(model.params.bert_path not set)'} must hold "
-            f"config.json (the model configuration), model.safetensors or pytorch_model.bin (the weights of "
-            f"bert-base-uncased) and vocab.txt (the WordPiece vocabulary, read by the data tokenizer through "
-            f"data.tokenizer_path); found config.json={has_cfg}, weights={has_weights}. "
-            f"Or set model.pretrained=false for random init")
-    return BertModel.from_pretrained(str(d), add_pooling_layer=False, local_files_only=True)
+    check_required_files(bert_required_files(path), "missing pretrained file",
+                         "the folder is bert-base-uncased saved with save_pretrained (its vocab.txt also feeds "
+                         "data.tokenizer=bert); or set model.pretrained=false for random init")
+    try:
+        model, info = BertModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True,
+                                                output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:  # unreadable weights, config.json of another model ...
+        raise DataError(f"cannot load BERT from {path} (model.params.bert_path): {type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]}") from None
+    # mismatched_keys holds (key, file shape, model shape) tuples
+    left = set(info.get("missing_keys", [])) | {m[0] if isinstance(m, tuple) else m
+                                                 for m in info.get("mismatched_keys", [])}
+    expected = weight_keys(model.state_dict())
+    missing = [k for k in expected if k in left]
+    check_coverage(path, len(expected) - len(missing), len(expected), "the BERT text encoder",
+                   "model.params.bert_path", missing=missing)
+    return model
+
+
+def bert_required_files(path: str, key: str = "model.params.bert_path") -> list[RequiredFile]:
+    """The files a pretrained BERT tower reads from its folder: config.json and the weights."""
+    if not path:
+        return [RequiredFile(key, "", "local folder of bert-base-uncased (config.json + weights)")]
+    d = Path(path)
+    return [RequiredFile(key, str(d / "config.json"), "BERT model configuration"),
+            RequiredFile(key, str(d / WEIGHT_FILES[0]), "bert-base-uncased weights",
+                         tuple(str(d / f) for f in WEIGHT_FILES[1:]))]
 
 
 def bert_tokens(model: BertModel, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

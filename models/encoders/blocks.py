@@ -1,9 +1,20 @@
-"""Attention and graph blocks of PIR (VIR / LCA, METHODS.md C5) and FISVL (graph reasoning, C6).
+"""Attention and graph blocks: the one multi-head attention of rsitr (:class:`MHAtt`, used by PIR, FISVL, SWAN's
+SFGS and GaLR's MIDF), PIR's VIR / LCA blocks (METHODS.md C5) and FISVL's graph reasoning (C6).
 
-Parameter names follow the upstream modules so that published checkpoints map one-to-one:
-``mhatt.linear_{v,k,q,merge}``, ``ffn.{0,1,3}`` (Linear, LayerNorm, GELU, Linear), ``norm1``/``norm2`` in
-:class:`SABlock` (``mhatt``) and :class:`CrossBlock` (``mhatt_cross``); ``graph_query_w``, ``graph_key_w``,
-``sim_graph_w`` in :class:`GraphReasoning`.
+Parameter names follow the upstream modules so that published checkpoints map one-to-one: every upstream code base
+(GaLR, SWAN, PIR, FISVL) names the projections ``linear_{v,k,q,merge}``; PIR's blocks hold ``mhatt`` (:class:`SABlock`)
+or ``mhatt_cross`` (:class:`CrossBlock`), ``ffn.{0,1,3}`` (Linear, LayerNorm, GELU, Linear) and ``norm1``/``norm2``;
+``graph_query_w``, ``graph_key_w``, ``sim_graph_w`` in :class:`GraphReasoning`. Only GaLR renames its block names
+(``models/encoders/midf.py::upstream_to_own``).
+
+:class:`MHAtt` takes its inputs in the order (q, k, v) (upstream's MCAN-style modules take (v, k, q)). SWAN's
+argument mix-up is a flag of the same class (``upstream_order``); PIR's blocks do not have it.
+
+PIR's cross block (published architecture, followed without a flag): the residual goes to the key/value input,
+``y = norm1(y + drop(attn(q=x, k=y, v=y)))``, ``y = norm2(y + drop(ffn(y)))``. It is called as
+``img_ca[i](mapping_img(conv), X)`` and ``txt_ca[i](mapping_txt(prev), X)``: the prior (or the previous round)
+only steers attention, and the stream keeps the self-attended tokens. Queries and keys have the same length there
+(the image prior is copied once per kept token).
 """
 from __future__ import annotations
 
@@ -12,9 +23,11 @@ import math
 import torch
 from torch import nn
 
+from core.errors import ConfigError
+
 
 class MHAtt(nn.Module):
-    """Multi-head attention with separate v/k/q/merge projections and an optional key padding mask.
+    """Multi-head attention with separate q/k/v/merge projections and an optional key padding mask.
 
     Args:
         dim: width (split over ``heads``).
@@ -27,7 +40,7 @@ class MHAtt(nn.Module):
     def __init__(self, dim: int = 512, heads: int = 8, dropout: float = 0.2, upstream_order: bool = False) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"MHAtt: dim {dim} is not divisible by heads {heads}")
+            raise ConfigError(f"MHAtt: dim {dim} is not divisible by heads {heads}")
         self.dim, self.heads, self.upstream_order = dim, heads, upstream_order
         self.linear_v = nn.Linear(dim, dim)
         self.linear_k = nn.Linear(dim, dim)
@@ -38,18 +51,18 @@ class MHAtt(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], -1, self.heads, self.dim // self.heads).transpose(1, 2)  # [B, h, N, d]
 
-    def forward(self, v: torch.Tensor, k: torch.Tensor, q: torch.Tensor,
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend from ``q`` to ``k``/``v``.
 
         Args:
-            v, k: [B, Nk, dim]; q: [B, Nq, dim].
+            q: [B, Nq, dim]; k, v: [B, Nk, dim].
             key_mask: [B, Nk] bool, True on keys that may be attended (None: all).
 
         Returns:
             [B, Nq, dim].
         """
-        pv, pk, pq = self._split(self.linear_v(v)), self._split(self.linear_k(k)), self._split(self.linear_q(q))
+        pq, pk, pv = self._split(self.linear_q(q)), self._split(self.linear_k(k)), self._split(self.linear_v(v))
         if self.upstream_order:
             pq, pk, pv = pk, pv, pq
         scores = pq @ pk.transpose(-2, -1) / math.sqrt(pq.shape[-1])
@@ -67,9 +80,9 @@ def ffn(dim: int) -> nn.Sequential:
 class SABlock(nn.Module):
     """Post-LN self-attention block: ``x = LN(x + drop(MHSA(x)))``, ``x = LN(x + drop(FFN(x)))``."""
 
-    def __init__(self, dim: int = 512, heads: int = 8, dropout: float = 0.2, upstream_order: bool = False) -> None:
+    def __init__(self, dim: int = 512, heads: int = 8, dropout: float = 0.2) -> None:
         super().__init__()
-        self.mhatt = MHAtt(dim, heads, dropout, upstream_order)
+        self.mhatt = MHAtt(dim, heads, dropout)
         self.ffn = ffn(dim)
         self.dropout1, self.norm1 = nn.Dropout(dropout), nn.LayerNorm(dim)
         self.dropout2, self.norm2 = nn.Dropout(dropout), nn.LayerNorm(dim)
@@ -81,19 +94,23 @@ class SABlock(nn.Module):
 
 
 class CrossBlock(nn.Module):
-    """Post-LN cross-attention block: queries ``q`` attend to ``kv``, residual on the queries, then the FFN."""
+    """Post-LN cross-attention block: ``q`` attends to ``kv``; the residual stream is ``kv`` (module docstring)."""
 
-    def __init__(self, dim: int = 512, heads: int = 8, dropout: float = 0.2, upstream_order: bool = False) -> None:
+    def __init__(self, dim: int = 512, heads: int = 8, dropout: float = 0.2) -> None:
         super().__init__()
-        self.mhatt_cross = MHAtt(dim, heads, dropout, upstream_order)
+        self.mhatt_cross = MHAtt(dim, heads, dropout)
         self.ffn = ffn(dim)
         self.dropout1, self.norm1 = nn.Dropout(dropout), nn.LayerNorm(dim)
         self.dropout2, self.norm2 = nn.Dropout(dropout), nn.LayerNorm(dim)
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Args: q [B, Nq, dim], kv [B, Nk, dim], mask [B, Nk] or None. Returns: [B, Nq, dim]."""
-        x = self.norm1(q + self.dropout1(self.mhatt_cross(kv, kv, q, mask)))
-        return self.norm2(x + self.dropout2(self.ffn(x)))
+        """Args: q [B, N, dim] queries, kv [B, N, dim] keys/values and residual, mask [B, N] or None.
+
+        Returns:
+            [B, N, dim].
+        """
+        y = self.norm1(kv + self.dropout1(self.mhatt_cross(q, kv, kv, mask)))
+        return self.norm2(y + self.dropout2(self.ffn(y)))
 
 
 class GraphReasoning(nn.Module):

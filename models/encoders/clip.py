@@ -30,6 +30,10 @@ import torch
 from open_clip.model import CLIP, resize_pos_embed, resize_text_pos_embed
 from open_clip.transformer import VisionTransformer
 
+from core.errors import ConfigError, DataError
+from core.files import RequiredFile, check_required_files
+from models.encoders.pretrained import check_coverage, weight_keys
+
 log = logging.getLogger(__name__)
 
 # rsitr's own architectures: open_clip model-config overrides applied on top of the named base config
@@ -56,7 +60,7 @@ def arch_embed_dim(arch: str) -> int:
         return int(EXTRA_ARCHS[arch]["embed_dim"])
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
-        raise ValueError(f"unknown CLIP architecture '{arch}'; open_clip knows e.g. ViT-B-32, ViT-B-16, ViT-L-14, "
+        raise ConfigError(f"unknown CLIP architecture '{arch}'; open_clip knows e.g. ViT-B-32, ViT-B-16, ViT-L-14, "
                          f"rsitr adds {', '.join(EXTRA_ARCHS)}")
     return int(cfg["embed_dim"])
 
@@ -78,12 +82,10 @@ def build_clip(arch: str, pretrained: bool, weights: str = "", quick_gelu: bool 
         The open_clip model (``open_clip.model.CLIP`` for the standard ViT architectures), on CPU.
     """
     if precision not in ("fp32", "fp16"):
-        raise ValueError(f"CLIP precision must be fp32 or fp16, got '{precision}'")
-    if pretrained and (not weights or not Path(weights).is_file()):
-        raise FileNotFoundError(
-            f"missing pretrained file: {weights or '(model.params.weights not set)'} — expected "
-            f"{what or f'CLIP {arch} weights'}: OpenAI's released {arch}.pt (TorchScript) or an open_clip state dict "
-            f"(RemoteCLIP-{arch}.pt, RS5M_{arch}.pt from GeoRSCLIP); or set model.pretrained=false for random init")
+        raise ConfigError(f"CLIP precision must be fp32 or fp16, got '{precision}'")
+    if pretrained:
+        check_required_files(clip_required_files(weights, arch, what), "missing pretrained file",
+                             "or set model.pretrained=false for random init")
     arch_embed_dim(arch)  # unknown names fail here with the list of choices
     extra = copy.deepcopy(EXTRA_ARCHS.get(arch, {}))
     base = extra.pop("base", arch)
@@ -93,6 +95,14 @@ def build_clip(arch: str, pretrained: bool, weights: str = "", quick_gelu: bool 
     if pretrained:
         load_clip_weights(model, weights)
     return model
+
+
+def clip_required_files(weights: str, arch: str, what: str = "", key: str = "model.params.weights"
+                        ) -> list[RequiredFile]:
+    """The CLIP weights file a pretrained model reads."""
+    return [RequiredFile(key, weights, f"{what or f'CLIP {arch} weights'}: OpenAI's released {arch}.pt (TorchScript) "
+                                       f"or an open_clip state dict (RemoteCLIP-{arch}.pt, RS5M_{arch}.pt from "
+                                       f"GeoRSCLIP)")]
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -106,20 +116,24 @@ def _is_torchscript(path: Path) -> bool:
 def read_clip_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a CLIP state dict from an OpenAI TorchScript file, a safetensors file or a torch checkpoint."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state: Any = load_file(str(path), device="cpu")
-    elif _is_torchscript(path):
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state: Any = load_file(str(path), device="cpu")
+        elif _is_torchscript(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated or foreign file -> one line naming it
+        raise DataError(f"cannot read {path} (model.params.weights) as CLIP weights ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:160]})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds no CLIP state dict")
+        raise DataError(f"{path} holds no CLIP state dict")
     return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v) and k not in _JIT_ONLY_KEYS}
 
 
@@ -138,10 +152,14 @@ def load_clip_weights(model: torch.nn.Module, path: str | Path) -> None:
     transient = {n for n, _ in model.named_buffers()} - set(own)
     state = {k: v for k, v in state.items() if k not in transient}
     missing = sorted(set(own) - set(state))
+    expected = weight_keys(own)
+    fits = [k for k in expected if k in state and tuple(state[k].shape) == tuple(own[k].shape)]
+    check_coverage(path, len(fits), len(expected), "the CLIP model", "model.params.weights",
+                   missing=[k for k in expected if k not in set(fits)])
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise DataError(
             f"{path} does not fit this CLIP architecture: {len(missing)} missing (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]}); "
             f"check model.params.arch")

@@ -7,11 +7,15 @@ with a 30-class ``fc``). Nothing is downloaded.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import re
 
 import torch
 import torchvision
 from torch import nn
+
+from core.errors import ConfigError
+from core.files import RequiredFile, check_required_files
+from models.encoders.pretrained import load_matching, read_state
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ def build_resnet(arch: str, pretrained: bool, weights: str = "", what: str = "")
         what: description for the missing-file error, e.g. "ImageNet ResNet-18 weights (model.params.resnet_weights)".
     """
     if arch not in ARCHS:
-        raise ValueError(f"unknown ResNet '{arch}'; choose one of {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown ResNet '{arch}'; choose one of {', '.join(ARCHS)}")
     net = getattr(torchvision.models, arch)(weights=None)
     if pretrained:
         load_backbone_weights(net, weights, what or f"{arch} weights")
@@ -36,24 +40,25 @@ def build_resnet(arch: str, pretrained: bool, weights: str = "", what: str = "")
 
 
 def load_backbone_weights(net: nn.Module, path: str, what: str) -> None:
-    """Load a local backbone checkpoint into ``net``; the classifier is skipped when its shape differs."""
-    if not path or not Path(path).is_file():
-        raise FileNotFoundError(f"missing pretrained file: {path or '(no path given)'} — expected {what}; "
-                                f"set the path in the config or use model.pretrained=false for random init")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
-            ckpt = ckpt[key]
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in ckpt.items()}
-    own = net.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
-    missing = sorted(k for k in own if k not in usable and not k.startswith("fc."))
-    if missing:
-        raise ValueError(f"{path} does not fit {what}: {len(missing)} backbone tensors missing, e.g. {missing[:3]}")
-    net.load_state_dict(usable, strict=False)
+    """Load a local backbone checkpoint into ``net``; the classifier (``fc.``) is not required from the file.
+
+    The file must fill at least 90 % of the trunk's weight tensors (models/encoders/pretrained.py).
+    """
+    needs = resnet_required_files(path, what)
+    check_required_files(needs, "missing pretrained file",
+                         "set the path in the config or use model.pretrained=false for random init")
+    state = {k.removeprefix("backbone."): v for k, v in read_state(path, needs[0].key).items()}
+    skipped = load_matching(net, state, path, what, needs[0].key, skip=("fc.",))
     if skipped:
         log.info("%s: skipped %d tensors (%s...)", path, len(skipped), ", ".join(skipped[:3]))
+
+
+def resnet_required_files(path: str, what: str, key: str = "") -> list[RequiredFile]:
+    """The weights file a pretrained ResNet reads (``key`` defaults to the one named in ``what``, if any)."""
+    if not key:
+        found = re.search(r"model\.params\.\w+", what)
+        key = found.group(0) if found else "model.params"
+    return [RequiredFile(key, path, what)]
 
 
 def resnet_features(net: torchvision.models.ResNet, x: torch.Tensor) -> dict[str, torch.Tensor]:

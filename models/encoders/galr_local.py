@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.encoders.mvsa import l2norm
+from core.errors import DataError, MissingEntryError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,14 @@ def load_local_npy(path: str) -> tuple[dict, dict]:
     """Read an upstream DREA ``.npy``. Returns: (local_rep by key, adj_matrix by key)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"missing GaLR local-feature file: {p} (the upstream DREA .npy dict with "
+        raise MissingFileError(f"missing GaLR local-feature file: {p} (the upstream DREA .npy dict with "
                                 f"'adj_matrix' and 'local_rep'; model.params.local_path). Without it set "
                                 f"model.params.local_source to 'backbone' or 'zeros'")
     # allow_pickle: the upstream format is a pickled dict; only the file the user configured is opened.
     obj = np.load(p, allow_pickle=True)
     data = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == () else obj
     if not isinstance(data, dict) or not {"adj_matrix", "local_rep"} <= set(data):
-        raise ValueError(f"{p}: expected a dict with keys 'adj_matrix' and 'local_rep'")
+        raise DataError(f"{p}: expected a dict with keys 'adj_matrix' and 'local_rep'")
     return data["local_rep"], data["adj_matrix"]
 
 
@@ -73,11 +74,11 @@ class LocalFeatureBank:
                 self._rep, self._adj = load_local_npy(self.path)
                 log.info("GaLR local features: %d images from %s", len(self._rep), self.path)
             if key not in self._rep or key not in self._adj:
-                raise KeyError(f"GaLR local features: no entry '{key}' (image '{filename}') in {self.path}")
+                raise MissingEntryError(f"GaLR local features: no entry '{key}' (image '{filename}') in {self.path}")
             rep = torch.as_tensor(np.asarray(self._rep[key], dtype=np.float32))
             adj = torch.as_tensor(np.asarray(self._adj[key], dtype=np.float32))
             if rep.shape != (self.nodes, self.dim) or adj.shape != (self.nodes, self.nodes):
-                raise ValueError(f"{self.path}: '{key}' has rep {tuple(rep.shape)} / adj {tuple(adj.shape)}, "
+                raise DataError(f"{self.path}: '{key}' has rep {tuple(rep.shape)} / adj {tuple(adj.shape)}, "
                                  f"expected ({self.nodes}, {self.dim}) / ({self.nodes}, {self.nodes})")
             self._cache[key] = (rep, adj)
         return self._cache[key]

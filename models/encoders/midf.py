@@ -2,7 +2,8 @@
 
 MCAN-style blocks (Yu et al., CVPR 2019) on length-1 sequences: with one token the attention softmax is
 identically 1, so each attention reduces to its value and merge projections, but the blocks are written in
-general form (rsitr keeps the attention-map dropout of training, as upstream).
+general form (rsitr keeps the attention-map dropout of training, as upstream). The attention is the shared
+:class:`models.encoders.blocks.MHAtt`, called as (q, k, v).
 
 Steps: g = SA(g); l = SA(l); l = SGA(l, g) ("local correction"); g = SGA(g, l) ("global supplement");
 g' = sigmoid(l) * g; l' = g + l; w = softmax(Linear(Dropout(sigmoid(Linear(g' + l'))))) over 2 weights;
@@ -18,11 +19,11 @@ v = w0 * g' + w1 * l'.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.encoders.blocks import MHAtt
 
 
 class Norm(nn.Module):
@@ -40,30 +41,6 @@ class Norm(nn.Module):
             mean = x.mean(-1, keepdim=True)
             return self.weight * (x - mean) / (x.std(-1, keepdim=True) + self.eps) + self.bias
         return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-
-
-class MHAtt(nn.Module):
-    """Multi-head attention with separate q/k/v/merge projections (dim = heads x head size)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"MIDF: hidden size {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.v, self.k, self.q, self.merge = (nn.Linear(dim, dim) for _ in range(4))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Args: q [B, Lq, dim], k and v [B, Lk, dim]. Returns: [B, Lq, dim]."""
-        b, dim = q.shape[0], q.shape[-1]
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(b, -1, self.heads, dim // self.heads).transpose(1, 2)
-
-        qh, kh, vh = split(self.q(q)), split(self.k(k)), split(self.v(v))
-        att = torch.softmax(qh @ kh.transpose(-2, -1) / math.sqrt(qh.shape[-1]), dim=-1)
-        out = (self.dropout(att) @ vh).transpose(1, 2).reshape(b, -1, dim)
-        return self.merge(out)
 
 
 class FFN(nn.Module):
@@ -149,15 +126,16 @@ class MIDF(nn.Module):
         return w[:, :1] * g2 + w_local * l2
 
 
-_BLOCK = {"mhatt": "attn", "mhatt1": "self_attn", "mhatt2": "cross_attn", "linear_v": "v", "linear_k": "k",
-          "linear_q": "q", "linear_merge": "merge", "a_2": "weight", "b_2": "bias"}
+# upstream -> rsitr names; the attention projections (linear_{v,k,q,merge}) keep their upstream names
+_BLOCK = {"mhatt": "attn", "mhatt1": "self_attn", "mhatt2": "cross_attn", "a_2": "weight", "b_2": "bias"}
 _NAMES = {"l2l_SA": "sa_local", "g2g_SA": "sa_global", "g2l_SGA": "correct_local", "l2g_SGA": "supplement_global",
           "dynamic_weight": "weight_mlp"}
 
 
 def upstream_to_own(key: str) -> str:
     """Translate an upstream ``fusion.*`` sub-key (without the prefix) to the MIDF key, e.g.
-    ``l2l_SA.ffn.mlp.fc.linear.weight`` -> ``sa_local.ffn.fc1.weight``."""
+    ``l2l_SA.ffn.mlp.fc.linear.weight`` -> ``sa_local.ffn.fc1.weight``,
+    ``g2l_SGA.mhatt2.linear_q.bias`` -> ``correct_local.cross_attn.linear_q.bias``."""
     key = key.replace("ffn.mlp.fc.linear.", "ffn.fc1.").replace("ffn.mlp.linear.", "ffn.fc2.")
     parts = key.split(".")
     parts[0] = _NAMES.get(parts[0], parts[0])

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.encoders.cnn import build_resnet, resnet_features
+from core.errors import ConfigError
 
 # own module name -> upstream module name (AMFMN and GaLR use the same names)
 UPSTREAM_NAMES = {
@@ -57,11 +58,11 @@ class MVSA(nn.Module):
                  channels: int = 3, normalize: bool = True) -> None:
         super().__init__()
         if image_size % 32:
-            raise ValueError(f"MVSA needs an image size divisible by 32, got {image_size}")
+            raise ConfigError(f"MVSA needs an image size divisible by 32, got {image_size}")
         self.image_size, self.normalize = image_size, normalize
         self.grid = (image_size // 4 - 3) // 4 + 1  # low_conv output side; equals image_size / 16
         if self.grid != image_size // 16:
-            raise ValueError(f"MVSA: image size {image_size} gives mismatched map sides")
+            raise ConfigError(f"MVSA: image size {image_size} gives mismatched map sides")
         self.solo_proj = nn.Linear(widths[3], embed_dim)
         self.low_conv = nn.Conv2d(widths[0] + widths[1], channels, kernel_size=3, stride=4)
         self.high_conv = nn.Conv2d(widths[2] + widths[3], channels, kernel_size=1)
@@ -73,7 +74,7 @@ class MVSA(nn.Module):
         """Args: feats with f1..f4 ([B, C_k, H_k, W_k]). Returns: [B, D] global feature."""
         f1, f2, f3, f4 = feats["f1"], feats["f2"], feats["f3"], feats["f4"]
         if f3.shape[-1] != self.grid:
-            raise ValueError(f"MVSA was built for {self.image_size}px images (model.params.image_size) but got a "
+            raise ConfigError(f"MVSA was built for {self.image_size}px images (model.params.image_size) but got a "
                              f"{f3.shape[-1] * 16}px input; set model.params.image_size to data.image_size")
         lower = torch.cat([f1, F.interpolate(f2, scale_factor=2, mode="nearest")], 1)
         higher = torch.cat([f3, F.interpolate(f4, scale_factor=2, mode="nearest")], 1)
@@ -107,7 +108,7 @@ class MVSAImageTower(nn.Module):
         self.timm = arch.startswith("timm:")
         if self.timm:  # tiny timm nets (e.g. timm:test_resnet) keep CPU tests fast; no weights, no upstream keys
             if pretrained:
-                raise ValueError(f"backbone '{arch}' is for tests only: use model.pretrained=false")
+                raise ConfigError(f"backbone '{arch}' is for tests only: use model.pretrained=false")
             import timm
 
             self.backbone = timm.create_model(arch[5:], pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))

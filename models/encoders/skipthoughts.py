@@ -46,11 +46,16 @@ Loading the original Theano release (``skipthought_dir`` holding ``dictionary.tx
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from core.errors import DataError, MissingFileError
+from core.files import RequiredFile
+from models.encoders.pretrained import check_coverage
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ SKIPTHOUGHT_FILES = {
     "uni_skip.npz": "skip-thoughts uni-skip GRU weights (encoder_W/b/U/Wx/bx/Ux)",
 }
 GATES = ("ir", "ii", "in", "hr", "hi", "hn")
+GRU_KEYS = ("encoder_W", "encoder_b", "encoder_U", "encoder_Wx", "encoder_bx", "encoder_Ux")  # uni_skip.npz arrays
 
 
 def missing_skipthought_files(skipthought_dir: str) -> list[str]:
@@ -67,6 +73,14 @@ def missing_skipthought_files(skipthought_dir: str) -> list[str]:
     d = Path(skipthought_dir) if skipthought_dir else None
     return [f"{(d / name) if d else name} ({what})" for name, what in SKIPTHOUGHT_FILES.items()
             if d is None or not (d / name).is_file()]
+
+
+def skipthought_required_files(skipthought_dir: str, key: str = "model.params.skipthought_dir"
+                               ) -> list[RequiredFile]:
+    """The three release files a pretrained uni-skip encoder reads."""
+    if not skipthought_dir:
+        return [RequiredFile(key, "", f"skip-thoughts folder with {', '.join(SKIPTHOUGHT_FILES)}")]
+    return [RequiredFile(key, str(Path(skipthought_dir) / name), what) for name, what in SKIPTHOUGHT_FILES.items()]
 
 
 class UniSkipCell(nn.Module):
@@ -177,22 +191,29 @@ class UniSkip(nn.Module):
         """Initialise the embedding and GRU from the original Theano release files (see module docstring)."""
         missing = missing_skipthought_files(skipthought_dir)
         if missing:
-            raise FileNotFoundError("missing skip-thought files:\n  " + "\n  ".join(missing) +
+            raise MissingFileError("missing skip-thought files:\n  " + "\n  ".join(missing) +
                                     "\nset model.params.skipthought_dir or use model.pretrained=false")
         d = Path(skipthought_dir)
         words = [w.strip() for w in (d / "dictionary.txt").read_text(encoding="utf-8").splitlines()]
         table = _load_npy(d / "utable.npy")
         if table.ndim != 2 or table.shape[0] != len(words) or table.shape[1] != self.dim_word:
-            raise ValueError(f"{d / 'utable.npy'}: shape {table.shape} does not fit {len(words)} dictionary words x "
+            raise DataError(f"{d / 'utable.npy'}: shape {table.shape} does not fit {len(words)} dictionary words x "
                              f"dim_word {self.dim_word}")
-        with np.load(d / "uni_skip.npz", allow_pickle=False) as npz:
-            gru = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files if k.startswith("encoder_")}
+        try:
+            with np.load(d / "uni_skip.npz", allow_pickle=False) as npz:
+                gru = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files if k.startswith("encoder_")}
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise DataError(f"cannot read {d / 'uni_skip.npz'} (model.params.skipthought_dir) as an .npz archive "
+                            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})") from None
+        check_coverage(d / "uni_skip.npz", sum(k in gru for k in GRU_KEYS), len(GRU_KEYS), "the uni-skip GRU "
+                       f"({', '.join(GRU_KEYS)})", "model.params.skipthought_dir",
+                       missing=[k for k in GRU_KEYS if k not in gru])
         self.embedding.weight.data.copy_(torch.from_numpy(embedding_rows(self.vocab_words, words, table)))
         own = self.cell.state_dict()
         state = theano_gru_to_cell(gru, self.dim_hidden)
         bad = [k for k, v in state.items() if tuple(own[k].shape) != tuple(v.shape)]
         if bad:
-            raise ValueError(f"{d / 'uni_skip.npz'}: GRU shapes do not fit dim_word={self.dim_word}, "
+            raise DataError(f"{d / 'uni_skip.npz'}: GRU shapes do not fit dim_word={self.dim_word}, "
                              f"dim_hidden={self.dim_hidden} ({bad[0]}: {tuple(state[bad[0]].shape)})")
         self.cell.load_state_dict(state)
         log.info("skip-thoughts loaded from %s", d)
@@ -215,7 +236,7 @@ def embedding_rows(vocab_words: list[str], dict_words: list[str], table: np.ndar
     """
     index = {w: k for k, w in enumerate(dict_words)}
     if "UNK" not in index:
-        raise ValueError("skip-thought dictionary.txt has no 'UNK' entry")
+        raise DataError("skip-thought dictionary.txt has no 'UNK' entry")
     unk = index["UNK"]
     rows = np.zeros((len(vocab_words) + 1, table.shape[1]), dtype=np.float32)
     ids = [index.get(w, unk) for w in vocab_words]
@@ -229,10 +250,10 @@ def embedding_rows(vocab_words: list[str], dict_words: list[str], table: np.ndar
 
 def theano_gru_to_cell(p: dict[str, np.ndarray], dim: int) -> dict[str, torch.Tensor]:
     """Map Theano ``encoder_*`` GRU arrays to :class:`UniSkipCell` state-dict entries (module docstring table)."""
-    need = ("encoder_W", "encoder_b", "encoder_U", "encoder_Wx", "encoder_bx", "encoder_Ux")
+    need = GRU_KEYS
     absent = [k for k in need if k not in p]
     if absent:
-        raise ValueError(f"uni_skip.npz lacks {', '.join(absent)}")
+        raise DataError(f"uni_skip.npz lacks {', '.join(absent)}")
     t = {k: torch.from_numpy(np.ascontiguousarray(p[k], dtype=np.float32)) for k in need}
     w, u = t["encoder_W"].t(), t["encoder_U"].t()  # [2d, in], [2d, d]
     return {

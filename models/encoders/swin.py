@@ -3,8 +3,9 @@
 The upstream code (X-VLM lineage) uses Microsoft's Swin implementation and loads the ImageNet-22k checkpoint
 ``swin_tiny_patch4_window7_224_22k.pth`` from https://github.com/microsoft/Swin-Transformer. rsitr builds the same
 network with ``timm.create_model("swin_tiny_patch4_window7_224", ...)`` and reads the weights from a local file
-(``pretrained_cfg_overlay=dict(file=PATH)``). timm's checkpoint filter accepts both its own layout and Microsoft's
-(patch merging at the end of a stage, ``head.*``), so the Microsoft file can be used unchanged.
+through timm's checkpoint filter, which accepts both its own layout and Microsoft's (patch merging at the end of a
+stage, ``head.*``), so the Microsoft file can be used unchanged. The file must fill at least 90 % of the trunk's
+weight tensors (models/encoders/pretrained.py); an empty or unrelated file is an error, not a random tower.
 
 The tower output follows upstream: the final-norm tokens of the last stage, prefixed by their average
 ("CLS"), i.e. ``[B, 1 + h*w, C]`` (50 x 768 for Swin-T at 224 px).
@@ -16,13 +17,19 @@ recomputes (non-persistent), so they are consumed without being copied.
 """
 from __future__ import annotations
 
+import logging
 import re
-from pathlib import Path
 from typing import Mapping
 
 import timm
 import torch
+from timm.models.swin_transformer import checkpoint_filter_fn
 from torch import nn
+
+from core.files import RequiredFile, check_required_files
+from models.encoders.pretrained import load_matching, read_state
+
+log = logging.getLogger(__name__)
 
 SWIN_NAME = "swin_tiny_patch4_window7_224"
 
@@ -44,14 +51,32 @@ def build_swin(pretrained: bool, weights: str = "", img_size: int = 224, embed_d
     """
     kwargs = dict(num_classes=0, img_size=img_size, embed_dim=embed_dim, depths=tuple(depths),
                   num_heads=tuple(heads), window_size=window, drop_path_rate=drop_path)
-    if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    if not weights or not Path(weights).is_file():
-        raise FileNotFoundError(
-            f"missing pretrained file: {weights or '(model.params.swin_weights not set)'} — expected the Swin "
-            f"Transformer weights for timm '{name}' (e.g. Microsoft's swin_tiny_patch4_window7_224_22k.pth, "
-            f"ImageNet-22k, or a timm state dict); or set model.pretrained=false for random init")
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
+    net = timm.create_model(name, pretrained=False, **kwargs)
+    if pretrained:
+        check_required_files(swin_required_files(weights), "missing pretrained file",
+                             "or set model.pretrained=false for random init")
+        load_swin_weights(net, weights, name)
+    return net
+
+
+def swin_required_files(weights: str, key: str = "model.params.swin_weights") -> list[RequiredFile]:
+    """The Swin weights file a pretrained tower reads."""
+    return [RequiredFile(key, weights, "Swin Transformer weights, e.g. Microsoft's "
+                                       "swin_tiny_patch4_window7_224_22k.pth (ImageNet-22k) or a timm state dict")]
+
+
+def load_swin_weights(net: nn.Module, weights: str, name: str = SWIN_NAME,
+                      key: str = "model.params.swin_weights") -> None:
+    """Load a local Swin file (timm or Microsoft layout) into ``net``; it must fill the trunk (no classifier).
+
+    timm's own pretrained path drops the classifier and then loads with ``strict=False``, so an empty file passed
+    silently; here timm's checkpoint filter does the layout change and :func:`load_matching` checks the coverage.
+    """
+    state = checkpoint_filter_fn(read_state(weights, key), net)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    unused = load_matching(net, state, weights, f"the Swin Transformer (timm '{name}')", key, skip=("head.",))
+    if unused:
+        log.info("%s: %d tensors not used (%s ...)", weights, len(unused), ", ".join(unused[:3]))
 
 
 def swin_tokens(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
