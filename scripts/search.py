@@ -9,7 +9,8 @@ cosine similarities; a method whose similarity is not the cosine (``similarity``
 text) is re-scored with the model's own ``similarity`` over a FAISS shortlist of ``--shortlist`` images.
 ``--image`` finds the most similar images of the index (cosine of image embeddings) and, with ``--captions`` (one
 caption per line), also ranks those captions for the image. ``--grid`` draws the top results with the query as
-title. Exit code 2 with one line on bad input.
+title. Exit code 2 with one line on bad input. The ranking lives in ``search/query.py``, shared with the web app of
+``scripts/serve.py``.
 """
 from __future__ import annotations
 
@@ -22,95 +23,20 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 from typing import Any  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from search.index import ImageIndex, IndexFolderError, load_index  # noqa: E402
 from search.pictures import Panel, draw_grid  # noqa: E402
+from search.query import (QueryError, encode_image, encode_texts, load_model, open_image,  # noqa: E402
+                          rank_captions, search_text)
 
 log = logging.getLogger("rsitr.search")
 
 
-class SearchError(ValueError):
-    """Bad input (one line)."""
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", required=True, help="index folder written by scripts/build_index.py")
-    p.add_argument("query", nargs="?", help="text query")
-    p.add_argument("--image", help="image query (searches similar images; with --captions also captions)")
-    p.add_argument("--captions", help="with --image: text file, one caption per line, to rank for the image")
-    p.add_argument("--topk", type=int, default=10)
-    p.add_argument("--grid", help="write a PNG of the top results with the query as title")
-    p.add_argument("--cols", type=int, default=5, help="tiles per row of --grid")
-    p.add_argument("--panel", type=int, default=224, help="tile side of --grid in pixels")
-    p.add_argument("--resume", help="checkpoint (default: the one recorded in the index)")
-    p.add_argument("--shortlist", type=int, default=200, help="candidates re-scored for non-cosine methods")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    args = p.parse_args(argv)
-    if (args.query is None) == (args.image is None):
-        p.error("give either a text query or --image")
-    if args.captions and not args.image:
-        p.error("--captions goes with --image")
-    if args.topk < 1:
-        p.error("--topk must be >= 1")
-    return args
-
-
-def load_model(index: ImageIndex, resume: str | None, device: str) -> Any:
-    """The index's model; its identity must match the one the index was built with."""
-    from engine.inference import load_model_from_checkpoint  # heavy import after argument checks
-
-    path = str(Path(resume).resolve()) if resume else index.meta.get("checkpoint_path")
-    if not path:
-        raise SearchError(f"{index.root}: meta.json names no checkpoint; pass --resume")
-    loaded = load_model_from_checkpoint(path, device=device)
-    if loaded.checkpoint_id != index.meta["checkpoint_id"]:
-        raise SearchError(f"checkpoint {path} ({loaded.checkpoint_id}) is not the one the index was built with "
-                          f"({index.meta['checkpoint_id']}); rebuild the index")
-    loaded.model.to(device).eval()
-    return loaded
-
-
-def custom_similarity(model: torch.nn.Module) -> bool:
-    """True when the method scores pairs with its own ``similarity`` (not the base-class cosine)."""
-    from models.base import RetrievalModel
-
-    return type(model).similarity is not RetrievalModel.similarity
-
-
-@torch.no_grad()
-def encode_texts(loaded: Any, texts: list[str], device: str) -> torch.Tensor:
-    """Text embeddings. Returns: [M, D]."""
-    batch = loaded.tokenizer.collate([loaded.tokenizer.encode(t) for t in texts])
-    return loaded.model.encode_text({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-
-
-@torch.no_grad()
 def encode_image_file(loaded: Any, path: str, device: str) -> torch.Tensor:
     """Embedding of one image file. Returns: [1, D]."""
-    try:
-        with Image.open(path) as img:
-            x = loaded.transform(img.convert("RGB"))[None]
-    except (OSError, UnidentifiedImageError) as e:
-        raise SearchError(f"cannot read image {path}: {e}") from None
-    return loaded.model.encode_image({"images": x.to(device), "filenames": [Path(path).name]})
-
-
-@torch.no_grad()
-def search_text(loaded: Any, index: ImageIndex, txt: torch.Tensor, k: int, shortlist: int) -> tuple[list, list]:
-    """Top-k images for one text embedding [1, D]. Returns: (scores, row ids), best first."""
-    if not custom_similarity(loaded.model):
-        scores, ids = index.search(txt.float().cpu().numpy(), k)
-        return scores[0].tolist(), ids[0].tolist()
-    _, cand = index.search(txt.float().cpu().numpy(), max(k, shortlist))
-    cand = cand[0][cand[0] >= 0]
-    img = torch.from_numpy(index.embeddings[cand]).to(txt.device)
-    sim = loaded.model.similarity(img, txt).float()[:, 0].cpu().numpy()  # [n_cand]
-    order = np.argsort(-sim, kind="stable")[:k]
-    return sim[order].tolist(), cand[order].tolist()
+    return encode_image(loaded, open_image(path, path), Path(path).name, device)
 
 
 def print_results(title: str, rows: list[tuple[float, str]]) -> None:
@@ -153,10 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if args.captions:
         caps = [c.strip() for c in Path(args.captions).read_text().splitlines() if c.strip()]
         if not caps:
-            raise SearchError(f"no captions in {args.captions}")
-        sim = loaded.model.similarity(img, encode_texts(loaded, caps, args.device)).float()[0].cpu().numpy()
-        order = np.argsort(-sim, kind="stable")[:args.topk]
-        print_results(f"captions for {Path(args.image).name}", [(float(sim[j]), caps[j]) for j in order])
+            raise QueryError(f"no captions in {args.captions}")
+        scores_c, ids_c = rank_captions(loaded, img, encode_texts(loaded, caps, args.device), args.topk)
+        print_results(f"captions for {Path(args.image).name}", [(s, caps[j]) for s, j in zip(scores_c, ids_c)])
     if args.grid:
         save_grid(args.grid, title, index, scores, ids, args.cols, args.panel)
     return 0
@@ -168,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return run(args)
-    except (SearchError, IndexFolderError, FileNotFoundError, ValueError, KeyError) as e:
+    except (QueryError, IndexFolderError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
 
