@@ -20,7 +20,9 @@ Where rsitr differs from upstream (``model.upstream_compat: true`` restores upst
   of its ResNet module, which also held the randomly initialised SFGS branch, so SFGS never trained (D9).
   ``freeze_sfgs: true`` restores that (on under upstream_compat).
 * BERT sees the attention mask (upstream attends to padding, E); the SFGS attention uses textbook q/k/v order
-  (upstream mixes them, see sfgs.py); both follow ``upstream_compat``.
+  (upstream mixes them, see sfgs.py); both follow ``upstream_compat``. Without the mask a caption's embedding
+  depends on its batch's padding: upstream evaluates text in batches of 128 padded to the longest caption, as
+  ``data.eval_batch_size: 128`` in the configs does.
 * Frozen ResNet BatchNorm kept in eval mode (``resnet_bn: train`` = upstream drift, D10).
 * Best epoch on validation, not test (D2); the upstream fixed JSON split is SWAN's stratified split
   (``data.protocol: fixed`` + ``data.split_dir`` for the exact files).

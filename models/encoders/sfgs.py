@@ -33,7 +33,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from models.encoders.blocks import MHAtt  # noqa: F401 - re-exported for SWAN/FISVL
+from models.encoders.blocks import MHAtt
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int, pool: int | None) -> nn.Sequential:

@@ -74,19 +74,19 @@ def test_length_one_attention_is_value_projection_and_sa_block():
     torch.manual_seed(0)
     att = MHAtt(8, 2, 0.1).eval()
     x = torch.randn(3, 1, 8)
-    torch.testing.assert_close(att(x, x, x), att.merge(att.v(x)))
+    torch.testing.assert_close(att(x, x, x), att.linear_merge(att.linear_v(x)))
     sa = SA(8, 2, 16, 0.1, upstream_norm=True).eval()
     h = sa.norm1(x + att_out(sa, x))
     torch.testing.assert_close(sa(x), sa.norm2(h + sa.ffn.fc2(torch.relu(sa.ffn.fc1(h)))))
 
 
 def att_out(sa: SA, x: torch.Tensor) -> torch.Tensor:
-    return sa.attn.merge(sa.attn.v(x))
+    return sa.attn.linear_merge(sa.attn.linear_v(x))
 
 
 def test_midf_upstream_key_translation():
     assert upstream_to_own("l2l_SA.ffn.mlp.fc.linear.weight") == "sa_local.ffn.fc1.weight"
-    assert upstream_to_own("g2l_SGA.mhatt2.linear_q.bias") == "correct_local.cross_attn.q.bias"
+    assert upstream_to_own("g2l_SGA.mhatt2.linear_q.bias") == "correct_local.cross_attn.linear_q.bias"
     assert upstream_to_own("l2g_SGA.norm3.a_2") == "supplement_global.norm3.weight"
     assert upstream_to_own("dynamic_weight.3.weight") == "weight_mlp.3.weight"
 

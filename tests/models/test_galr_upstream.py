@@ -22,9 +22,8 @@ PREFIXES = (
     ("fusion.g2g_SA.", "fusion.sa_global."), ("fusion.g2l_SGA.", "fusion.correct_local."),
     ("fusion.l2g_SGA.", "fusion.supplement_global."), ("fusion.dynamic_weight.", "fusion.weight_mlp."),
 )
-INNER = (("mhatt1.", "self_attn."), ("mhatt2.", "cross_attn."), ("mhatt.", "attn."), ("linear_v.", "v."),
-         ("linear_k.", "k."), ("linear_q.", "q."), ("linear_merge.", "merge."), ("ffn.mlp.fc.linear.", "ffn.fc1."),
-         ("ffn.mlp.linear.", "ffn.fc2."), (".a_2", ".weight"), (".b_2", ".bias"))
+INNER = (("mhatt1.", "self_attn."), ("mhatt2.", "cross_attn."), ("mhatt.", "attn."), ("ffn.mlp.fc.linear.", "ffn.fc1."),
+         ("ffn.mlp.linear.", "ffn.fc2."), (".a_2", ".weight"), (".b_2", ".bias"))  # linear_{v,k,q,merge} as upstream
 
 
 def _own_name(key: str) -> str | None:

@@ -1,11 +1,15 @@
 """PIR on the tiny config: forward/backward with the configured criterion, frozen prior ResNet, text masking and
-its upstream_compat switch, VIR token selection."""
+its upstream_compat switch, VIR token selection (and its upstream tie order), the cross block's residual."""
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.config import load_config
 from losses import build_criterion
 from models.base import ModelContext
+from models.encoders.blocks import CrossBlock
 from models.pir import select_tokens
 from models.registry import build_model
 
@@ -86,3 +90,35 @@ def test_vir_keeps_filter_size_tokens_by_prior_score():
     small.eval()
     with torch.no_grad():
         assert small.encode_image({"images": make_batch()["images"]}).shape == (6, 64)
+
+
+def test_vir_ties_keep_token_order_under_compat():
+    """Products 0, 0, 200, 0, 0: the softmax gives exactly 1 and four exact zeros, so ties decide the rest."""
+    tokens = torch.tensor([[[0.0, 1.0], [0.0, 2.0], [200.0, 0.0], [0.0, 3.0], [0.0, 4.0]]])
+    prior = torch.tensor([[1.0, 0.0]])
+    scores = torch.softmax((tokens @ prior.unsqueeze(-1)).squeeze(-1), 1)
+    assert scores[0, 2] == 1 and (scores[0, [0, 1, 3, 4]] == 0).all()
+    assert torch.equal(select_tokens(tokens, prior, 3, stable=True), tokens[:, [2, 0, 1]])
+    assert torch.equal(select_tokens(tokens, prior, 9, stable=True), tokens[:, [2, 0, 1, 3, 4]])
+    assert torch.equal(select_tokens(tokens, prior, 1), tokens[:, [2]])  # topk: the best token, ties aside
+
+
+def test_cross_block_residual_is_the_key_value_input():
+    """Upstream ``y = norm1(y + attn(q=x, k=y, v=y))``, ``y = norm2(y + ffn(y))``, written out by hand."""
+    torch.manual_seed(0)
+    blk = CrossBlock(dim=8, heads=2, dropout=0.0).eval()
+    q, kv = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    att = blk.mhatt_cross
+
+    def heads(z: torch.Tensor, lin: torch.nn.Linear) -> torch.Tensor:
+        return lin(z).view(2, 5, 2, 4).transpose(1, 2)
+
+    a = torch.softmax(heads(q, att.linear_q) @ heads(kv, att.linear_k).transpose(-1, -2) / math.sqrt(4), -1)
+    a = att.linear_merge((a @ heads(kv, att.linear_v)).transpose(1, 2).reshape(2, 5, 8))
+    y = F.layer_norm(kv + a, (8,), blk.norm1.weight, blk.norm1.bias)
+    y = F.layer_norm(y + blk.ffn(y), (8,), blk.norm2.weight, blk.norm2.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(blk(q, kv), y)
+        # queries only steer the attention: with one key/value token the output ignores them
+        one = kv[:, :1]
+        torch.testing.assert_close(blk(q[:, :1], one), blk(torch.randn(2, 1, 8), one))

@@ -103,6 +103,18 @@ def test_upstream_attention_order_is_a_relabelling() -> None:
     assert not torch.allclose(MHAtt(4, 1, 0.0)(y, y, y), one(y, y, y))
 
 
+def test_mhatt_takes_q_k_v_and_masks_keys() -> None:
+    """Queries and keys of different lengths; a masked key gets no weight (one head, hand formula)."""
+    torch.manual_seed(2)
+    att = MHAtt(dim=4, heads=1, dropout=0.0)
+    q, k, v = torch.randn(1, 2, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 4)
+    w = torch.softmax(att.linear_q(q) @ att.linear_k(k).transpose(1, 2) / 2.0, -1)
+    torch.testing.assert_close(att(q, k, v), att.linear_merge(w @ att.linear_v(v)))
+    keep = torch.tensor([[True, True, False]])
+    w2 = torch.softmax(att.linear_q(q) @ att.linear_k(k[:, :2]).transpose(1, 2) / 2.0, -1)
+    torch.testing.assert_close(att(q, k, v, keep), att.linear_merge(w2 @ att.linear_v(v[:, :2])))
+
+
 @pytest.mark.parametrize("method,cf,sf", [("swan", "image_encoder.conv_filter.", "sfgs."),
                                           ("fisvl", "conv_encoder.loc_fea1.conv_filter.",
                                            "conv_encoder.loc_fea1.sfgs.")])
