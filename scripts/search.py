@@ -34,6 +34,29 @@ from search.query import (QueryError, encode_image, encode_texts, load_model, op
 log = logging.getLogger("rsitr.search")
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--index", required=True, help="index folder written by scripts/build_index.py")
+    p.add_argument("query", nargs="?", help="text query")
+    p.add_argument("--image", help="image query (searches similar images; with --captions also captions)")
+    p.add_argument("--captions", help="with --image: text file, one caption per line, to rank for the image")
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--grid", help="write a PNG of the top results with the query as title")
+    p.add_argument("--cols", type=int, default=5, help="tiles per row of --grid")
+    p.add_argument("--panel", type=int, default=224, help="tile side of --grid in pixels")
+    p.add_argument("--resume", help="checkpoint (default: the one recorded in the index)")
+    p.add_argument("--shortlist", type=int, default=200, help="candidates re-scored for non-cosine methods")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    args = p.parse_args(argv)
+    if (args.query is None) == (args.image is None):
+        p.error("give either a text query or --image")
+    if args.captions and not args.image:
+        p.error("--captions goes with --image")
+    if args.topk < 1:
+        p.error("--topk must be >= 1")
+    return args
+
+
 def encode_image_file(loaded: Any, path: str, device: str) -> torch.Tensor:
     """Embedding of one image file. Returns: [1, D]."""
     return encode_image(loaded, open_image(path, path), Path(path).name, device)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from scripts import build_index, search, visualize
 from search.index import load_index, normalize
 from search.pictures import PAD, grid_layout, wrap_title
-from scripts import build_index, search, visualize
+from search.query import encode_texts, load_model
 
 DEMO = Path("data/demo_precomp")
 
@@ -65,8 +66,8 @@ def test_text_search_finds_true_image_well_above_chance(best, index_dir, demo_te
     """Acceptance: the true image of a test caption is in the top 5 far more often than chance (5/100)."""
     _, names, caps = demo_test
     idx = load_index(index_dir)
-    loaded = search.load_model(idx, None, "cpu")
-    txt = search.encode_texts(loaded, caps, "cpu")
+    loaded = load_model(idx, None, "cpu")
+    txt = encode_texts(loaded, caps, "cpu")
     scores, ids = idx.search(txt.numpy(), 5)
     truth = [names[c // 5] for c in range(len(caps))]  # five captions per image, in file order
     hits = np.mean([truth[c] in {Path(idx.files[i]).name for i in ids[c]} for c in range(len(caps))])
