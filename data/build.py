@@ -130,10 +130,11 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
         tokenizer = build_tokenizer(cfg, train.captions if train is not None else None,
                                     f"the training captions of fold {fold}")
     vocab = vocab_report(tokenizer, full_all.captions if full_all is not None else [], test.captions)
-    if "n_test_only" in vocab:
-        log.info("vocabulary: %s, %d words, %d of them occur only in test captions%s", vocab["source"],
-                 vocab["n_words"], vocab["n_test_only"],
-                 f" (e.g. {', '.join(vocab['test_only_examples'][:5])})" if vocab["n_test_only"] else "")
+    if "n_from_test" in vocab:
+        (log.warning if vocab["n_from_test"] else log.info)(
+            "vocabulary: %s, %d words; %d of them are there only thanks to test captions (%d occur in no training "
+            "caption)%s", vocab["source"], vocab["n_words"], vocab["n_from_test"], vocab["n_test_only"],
+            f", e.g. {', '.join(vocab['from_test_examples'][:5])}" if vocab["n_from_test"] else "")
     scene_names = _scene_names(full_all.scenes if full_all is not None else test.scenes)
     keep = set(splits)
     return DataBundle(train if "train" in keep else None, val if "val" in keep else None, test, tokenizer,

@@ -34,11 +34,11 @@ def encode_split(model: nn.Module, image_loader: Iterable, text_loader: Iterable
 def compute_similarity(model: nn.Module, img_emb: torch.Tensor, txt_emb: torch.Tensor, shard: int = 1024) -> torch.Tensor:
     """The [N_img, N_cap] score matrix through ``model.similarity``.
 
-    The default cosine is one matmul; a method that overrides ``similarity`` (pairwise scores, e.g. AMFMN's gated
-    text with a [rows, cols, D] intermediate) is called on blocks of at most 128 x ``shard``.
+    The default cosine is one matmul; a method that declares ``pairwise_similarity`` (its own ``similarity``, e.g.
+    AMFMN's gated text with a [rows, cols, D] intermediate) is called on blocks of at most 128 x ``shard``.
     """
     bare = unwrap(model)
-    if type(bare).similarity.__qualname__ == "RetrievalModel.similarity":  # plain cosine: one matmul
+    if not bare.pairwise_similarity:  # plain cosine: one matmul
         return bare.similarity(img_emb, txt_emb).float()
     rows = max(1, min(128, shard))
     out = torch.empty(img_emb.shape[0], txt_emb.shape[0], dtype=torch.float32, device=img_emb.device)

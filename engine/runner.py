@@ -149,7 +149,7 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
         ``{"fold", "best_epoch", "best_val", "test": test metrics}`` (test metrics on rank 0 only).
     """
     list_models()  # make sure every method is registered
-    if getattr(MODELS.get(cfg.model.name), "zero_shot", False) and cfg.train.epochs:
+    if MODELS.get(cfg.model.name).zero_shot and cfg.train.epochs:
         log.info("%s is evaluation-only: train.epochs set to 0", cfg.model.name)
         cfg = replace(cfg, train=replace(cfg.train, epochs=0))
     setup_determinism(cfg)
@@ -159,8 +159,11 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
     if dist.is_dist():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     writer = MetricWriter(run_dir) if dist.is_main() else None
+    facts = data_facts(parts.bundle)
     if dist.is_main() and not resume:
         save_config(cfg, run_dir / "config.yaml")
+        with open(run_dir / "config.yaml", "a") as f:  # comments: the file still loads as the run's config
+            f.write(facts_comment(facts))
     log.info("fold %d: %d train images / %d captions, %d val images, %d steps per epoch, %d epochs", fold,
              len(parts.bundle.train.filenames), len(parts.bundle.train.captions),
              len(parts.bundle.val.filenames) if parts.bundle.val else 0, len(parts.loader), cfg.train.epochs)
@@ -178,9 +181,9 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
     if dist.is_main() and cfg.train.epochs == 0:
         best, best_epoch = _end_of_epoch(cfg, parts, model, writer, {"time_s": 0.0}, -1, 0, best, best_epoch, fold,
                                          run_dir, device)
-    result = {"fold": fold, "best_epoch": best_epoch, "best_val": best}
+    result = {"fold": fold, "best_epoch": best_epoch, "best_val": best, **facts}
     if dist.is_main():
-        result["test"] = _final_test(cfg, parts, run_dir, device, writer, step)
+        result["test"] = _final_test(cfg, parts, run_dir, device, writer, step, facts)
         writer.close()
     dist.barrier()
     return result
@@ -212,17 +215,42 @@ def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWri
 
 
 def _final_test(cfg: Config, parts: Parts, run_dir: Path, device: torch.device, writer: MetricWriter,
-                step: int) -> dict:
+                step: int, facts: dict) -> dict:
     ckpt = load_checkpoint(run_dir / "best.pth", method=cfg.model.name)
     parts.model.load_state_dict(ckpt["model"])
     parts.model.load_extra_state(ckpt.get("extra", {}))
     metrics, _ = evaluate_split(cfg, parts.model, parts.bundle, "test", device)
     metrics.update(best_epoch=ckpt.get("best_epoch", ckpt["epoch"]), method=cfg.model.name,
-                   checkpoint=str(run_dir / "best.pth"))
+                   checkpoint=str(run_dir / "best.pth"), **facts)
     (run_dir / "test.json").write_text(json.dumps(metrics, indent=2))
     writer.write(step, {f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     log.info("test (best epoch %s): %s", metrics["best_epoch"], format_metrics(metrics))
     return metrics
+
+
+def data_facts(bundle: DataBundle) -> dict:
+    """What a run's outputs say about its data: the vocabulary and the leakage check.
+
+    Returns:
+        ``{"vocab": {tokenizer, source, n_words[, n_test_only, test_only_examples]}, "leakage": {n_same_name,
+        n_same_content, n_same_content_test, same_content_examples}}`` (see data.tokenize.vocab_report and
+        data.folds.leakage_report).
+    """
+    leak = bundle.leakage
+    return {"vocab": dict(bundle.vocab),
+            "leakage": {"n_same_name": leak.get("n_same_name", 0), "n_same_content": leak.get("n_same_content", 0),
+                        "n_same_content_test": leak.get("n_same_content_test", 0),
+                        "same_content_examples": leak.get("same_content", [])[:5]}}
+
+
+def facts_comment(facts: dict) -> str:
+    """:func:`data_facts` as YAML comment lines (appended to the run's config.yaml)."""
+    v, leak = facts["vocab"], facts["leakage"]
+    test_only = (f"; {v['n_from_test']} of them only thanks to test captions, {v['n_test_only']} in no training "
+                 f"caption" if "n_from_test" in v else "")
+    return (f"# vocabulary used: {v.get('tokenizer')} {v.get('source', '')} ({v.get('n_words')} words{test_only})\n"
+            f"# leakage check: {leak['n_same_name']} shared file names, {leak['n_same_content']} identical image "
+            f"file(s) under other names ({leak['n_same_content_test']} group(s) across test and train/val)\n")
 
 
 def format_metrics(m: dict) -> str:

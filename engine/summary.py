@@ -26,20 +26,41 @@ def summary_markdown(summary: dict) -> str:
                    for r in summary["folds"])
     mean = "| mean | " + " | ".join(f"{summary['mean'].get(k, float('nan')):.2f}" for k in COLUMNS) + " |\n"
     std = "| std | " + " | ".join(f"{summary['std'].get(k, float('nan')):.2f}" for k in COLUMNS) + " |\n"
-    return f"# {summary['experiment']} ({summary['method']} on {summary['dataset']})\n\n" + head + rows + mean + std
+    notes = ""
+    for v in summary.get("vocab", [])[:1]:
+        extra = (f"; {v['n_from_test']} of them only thanks to test captions ({v['n_test_only']} in no training "
+                 f"caption)" if "n_from_test" in v else "")
+        notes += f"\nVocabulary (fold 0): {v.get('source', '?')}, {v.get('n_words', '?')} words{extra}.\n"
+    if "leakage" in summary:
+        leak = summary["leakage"]
+        notes += (f"\nLeakage check: no test image name in train/val; {leak['n_same_content']} identical image file(s) "
+                  f"under other names ({leak['n_same_content_test']} across test and train/val).\n")
+    return (f"# {summary['experiment']} ({summary['method']} on {summary['dataset']})\n\n" + head + rows + mean + std
+            + notes)
 
 
 def build_summary(experiment: str, method: str, dataset: str, fold_rows: list[dict[str, Any]]) -> dict:
-    """The summary dict (the format scripts/results_table.py reads)."""
+    """The summary dict (the format scripts/results_table.py reads).
+
+    Besides the metrics, ``vocab`` (one entry per fold: which vocabulary, how many of its words come from the test
+    captions) and ``leakage`` (the data check, the same for every fold: identical image files under other names)
+    come from the fold rows when they carry them.
+    """
     mean, std = mean_std(fold_rows)
-    return {"experiment": experiment, "method": method, "dataset": dataset, "n_folds": len(fold_rows),
-            "folds": fold_rows, "mean": mean, "std": std}
+    out = {"experiment": experiment, "method": method, "dataset": dataset, "n_folds": len(fold_rows),
+           "folds": fold_rows, "mean": mean, "std": std}
+    if any("vocab" in r for r in fold_rows):
+        out["vocab"] = [r.get("vocab", {}) for r in fold_rows]
+    if fold_rows and "leakage" in fold_rows[0]:
+        out["leakage"] = fold_rows[0]["leakage"]
+    return out
 
 
 def write_summary(root: Path, cfg: Config, results: list[dict]) -> dict:
     """Write ``root/summary.json`` and ``root/summary.md`` from :func:`engine.runner.fit` results."""
     rows = [{"fold": r["fold"], "best_epoch": r["best_epoch"], "best_val": r["best_val"],
-             **{k: v for k, v in r["test"].items() if isinstance(v, (int, float))}} for r in results]
+             **{k: v for k, v in r["test"].items() if isinstance(v, (int, float))},
+             **{k: r[k] for k in ("vocab", "leakage") if k in r}} for r in results]
     summary = build_summary(root.name, cfg.model.name, cfg.data.dataset, rows)
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     (root / "summary.md").write_text(summary_markdown(summary))

@@ -8,7 +8,8 @@ A method is a :class:`RetrievalModel` subclass registered in ``models/registry.p
 * ``encode_text(batch) -> [M, D]``: ``batch`` holds ``tokens`` (long ``[M, L]``, 0-padded for word vocabularies),
   ``lengths`` (long ``[M]``) and ``attention_mask`` (long ``[M, L]``).
 * ``similarity(img_emb, txt_emb) -> [N, M]``: cosine by default. A method whose score is pairwise (AMFMN's
-  gated text) overrides it; the evaluator calls it on shards of at most ``eval.sim_shard`` rows.
+  gated text) overrides it and declares ``pairwise_similarity = True``; the evaluator then calls it on shards of at
+  most ``eval.sim_shard`` columns.
 * ``forward(batch) -> dict``: training outputs. At least ``img_emb`` [B, D] and ``txt_emb`` [B, D]; methods add
   whatever their losses read (``logit_scale``, ``concept_img``, ...). Losses live in ``losses/``, never here.
 
@@ -17,30 +18,14 @@ this model's keys (see :func:`models.registry.load_upstream`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class ModelContext:
-    """What a model needs to know about the data it is built for.
-
-    Attributes:
-        vocab_words: for word-level tokenizers, the words ordered by id (id ``i`` is ``vocab_words[i - 1]``;
-            id 0 is padding). None for sub-word tokenizers.
-        vocab_size: number of token ids including padding (embedding table rows).
-        scene_names: scene label of each scene id (``noneclass`` for images without a scene).
-        extra: free-form extras (e.g. ``tag_words`` for KAMCL).
-    """
-
-    vocab_words: list[str] | None = None
-    vocab_size: int = 0
-    scene_names: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+from core.context import ModelContext  # noqa: F401  (the data -> model contract type; importable from here)
 
 
 @dataclass(frozen=True)
@@ -52,10 +37,20 @@ class RetrievalModel(nn.Module):
     """Base class of every method.
 
     Subclasses set ``Params`` (a dataclass validated from ``model.params``) and implement ``encode_image`` and
-    ``encode_text``; they override ``similarity`` only when the score is not the cosine of the embeddings.
+    ``encode_text``; they override ``similarity`` only when the score is not the cosine of the embeddings, and
+    then declare ``pairwise_similarity = True``.
+
+    Declared contracts (class attributes the engine reads; never probed):
+        zero_shot: the method is evaluated as built and never trained (``train.epochs`` is forced to 0, and
+            ``test.py --config`` may evaluate it without a checkpoint).
+        pairwise_similarity: ``similarity`` is not the cosine of the two embeddings (e.g. AMFMN's gated text);
+            the evaluator then calls it on blocks of at most 128 x ``eval.sim_shard``, the search app re-scores
+            a shortlist with it. False: one matmul of the normalised embeddings is the score.
     """
 
     Params: ClassVar[type] = NoParams
+    zero_shot: ClassVar[bool] = False
+    pairwise_similarity: ClassVar[bool] = False
 
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Embed images. Args: batch with ``images`` [N, 3, H, W]. Returns: [N, D]."""

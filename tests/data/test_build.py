@@ -12,6 +12,7 @@ from data.build import build_data, eval_loaders, model_context, train_loader
 from data.demo import ensure_demo
 from data.presets import DATASETS, get_preset
 from core.config import ConfigError, DataCfg
+from core.errors import DataError
 
 TRAIN_KEYS = {"images", "filenames", "tokens", "lengths", "attention_mask", "img_ids", "cap_ids", "scene_ids",
               "cap_weight"}
@@ -177,8 +178,8 @@ def test_any_precomp_folder_and_missing_train_images(tmp_path):
     _folder(tmp_path, with_train_images=False)
     cfg = DataCfg(dataset="precomp", name="mine", root=str(tmp_path), transform="plain", image_size=16,
                   batch_size=4, num_workers=0)
-    with pytest.raises(FileNotFoundError, match=r"4 of 4 images of split 'train'"):
-        build_data(cfg)  # fold 0: 4 of the 6 train images for training (+ 2 val), none on disk
+    with pytest.raises(DataError, match=r"6 of 8 image files of split\(s\) train, val, test .* trainx_2.png \(no such"):
+        build_data(cfg)  # fold 0: 4 of the 6 train images for training (+ 2 val), none on disk: all named at once
     state = {"kind": "vocab", "words": ["red", "roof", "<unk>"], "max_tokens": 47, "drop_stopwords": False}
     b = build_data(cfg, tokenizer_state=state, splits=("test",))  # test-only needs no training image
     assert b.test.n_images == 2 and b.scene_names == ["trainx", "noneclass"]
@@ -197,8 +198,11 @@ def test_fixed_protocol_on_real_names_with_max_images(shared_data, tmp_path):
     (folder / "images").mkdir()
     names = {n for f in ("train_filename.txt", "test_filename.txt")
              for n in (shared_data / "precomp" / "rsitmd_precomp" / f).read_text().split()}
+    one = tmp_path / "one.tif"  # the same tiny valid image under every name (the header check opens each)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(one)
+    data = one.read_bytes()
     for n in names:
-        (folder / "images" / n).touch()
+        (folder / "images" / n).write_bytes(data)
     state = {"kind": "vocab", "words": ["<unk>"]}
     cfg = DataCfg(dataset="rsitmd", root=str(root), protocol="fixed",
                   split_dir=str(shared_data / "splits" / "rsitmd_fixed"))
@@ -207,3 +211,33 @@ def test_fixed_protocol_on_real_names_with_max_images(shared_data, tmp_path):
     assert b.train.n_captions + b.val.n_captions == 21455 and len(b.scene_names) == 34
     small = build_data(dataclasses.replace(cfg, max_images=100), tokenizer_state=state)
     assert small.train.n_images + small.val.n_images == 100 and small.scene_names == b.scene_names
+
+
+def test_bundle_reports_vocabulary_and_leakage(root, tmp_path):
+    b = build_data(_cfg(root, max_images=0), fold=0)
+    train_words = build_mod.build_tokenizer(DataCfg(), b.train.captions).words
+    assert b.tokenizer.words == train_words  # the default: built from this fold's training captions only
+    assert b.vocab["source"] == f"built from the training captions of fold 0 ({b.train.n_captions} captions)"
+    assert (b.vocab["n_from_test"], b.vocab["n_test_only"]) == (0, 0)
+    assert b.leakage["n_same_name"] == 0 and b.leakage["by_name"] == {}
+    # a test image that is also a training image stops the build, naming it
+    d = _folder(tmp_path, with_train_images=True)
+    (d / "test_filename.txt").write_text("trainx_3.png\ntestx_1.png\n")
+    cfg = DataCfg(dataset="precomp", name="mine", root=str(tmp_path), transform="plain", image_size=16, batch_size=4,
+                  num_workers=0)
+    with pytest.raises(ConfigError, match=r"1 test image\(s\) are also train/val images \(x.yaml\): trainx_3.png"):
+        build_data(cfg, source="x.yaml")
+    # a renamed copy is counted, not refused
+    (d / "test_filename.txt").write_text("testx_0.png\ntestx_1.png\n")
+    (d / "images" / "testx_1.png").write_bytes((d / "images" / "trainx_2.png").read_bytes())
+    b = build_data(cfg)
+    assert b.leakage["n_same_content"] == 1 and b.leakage["n_same_content_test"] == 1
+    assert ["test", "testx_1.png"] in b.leakage["same_content"][0]
+
+
+def test_model_context_is_the_core_contract_type(root):
+    from core.context import ModelContext
+    from models.base import ModelContext as FromModels
+
+    assert FromModels is ModelContext
+    assert type(model_context(build_data(_cfg(root, max_images=20)))) is ModelContext

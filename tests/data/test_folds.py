@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from data.folds import leakage_report, make_folds, write_split_files
+from core.config import ConfigError
+from data.folds import check_leakage, leakage_report, make_folds, write_split_files
 from data.precomp import PrecompSplit, load_split, read_lines
 
 
@@ -121,21 +122,56 @@ def test_write_split_files_upstream_format(tmp_path):
     assert load_split(d, "val", check_images=False).img2txt == [[0, 1, 2, 3, 4]]
 
 
-def test_leakage_report_by_name_and_content(tmp_path):
+def _leak_splits(tmp_path):
     imgs = tmp_path / "images"
     imgs.mkdir()
     for i in range(6):
         (imgs / f"s_{i}.png").write_bytes(bytes([i]) * 10)
     (imgs / "copy.png").write_bytes(bytes([1]) * 10)  # same bytes as s_1.png under another name
+    (imgs / "other.png").write_bytes(bytes([1]) * 9 + b"x")  # same size as s_1.png, other content
     base = _toy(6, scenes=("s",))
     base.image_dir = imgs
-    train, val = base.subset([0, 1, 2], "train"), base.subset([3, 4], "val")
-    test = base.subset([2, 5], "test")  # s_2.png planted in train and test
-    clean = leakage_report({"train": train, "val": val})
-    assert clean == {"by_name": {}, "by_hash": {}, "n_shared": 0}
-    rep = leakage_report({"train": train, "val": val, "test": test})
-    assert rep["by_name"] == {"train&test": ["s_2.png"]} and rep["by_hash"] == {} and rep["n_shared"] == 1
-    test.filenames[1] = "copy.png"  # a renamed duplicate is only found by content
+    return base.subset([0, 1, 2], "train"), base.subset([3, 4], "val"), base.subset([2, 5], "test")
+
+
+def test_leakage_report_by_name_and_content(tmp_path):
+    train, val, test = _leak_splits(tmp_path)
+    clean = leakage_report({"train": train, "val": val}, content_hash=True)
+    assert clean == {"by_name": {}, "same_content": [], "n_same_name": 0, "n_same_content": 0,
+                     "n_same_content_test": 0}
+    rep = leakage_report({"train": train, "val": val, "test": test})  # s_2.png planted in train and test
+    assert rep["by_name"] == {"train&test": ["s_2.png"]} and rep["n_same_name"] == 1 and rep["same_content"] == []
+    test.filenames[0] = "copy.png"  # a renamed duplicate is only found by content
     rep = leakage_report({"train": train, "val": val, "test": test}, content_hash=True)
-    assert rep["by_name"] == {"train&test": ["s_2.png"]}
-    assert sorted(rep["by_hash"]["train&test"]) == [["s_1.png", "copy.png"], ["s_2.png", "s_2.png"]]
+    assert rep["by_name"] == {}
+    assert rep["same_content"] == [[["test", "copy.png"], ["train", "s_1.png"]]]
+    assert rep["n_same_content"] == 1 and rep["n_same_content_test"] == 1
+    test.filenames[0] = "other.png"  # same size, different bytes: not a duplicate
+    assert leakage_report({"train": train, "test": test}, content_hash=True)["n_same_content"] == 0
+
+
+def test_check_leakage_stops_on_a_test_name_in_train_or_val(tmp_path, caplog):
+    train, val, test = _leak_splits(tmp_path)
+    with pytest.raises(ConfigError, match=r"1 test image\(s\) are also train/val images \(x.yaml\): s_2.png;"):
+        check_leakage({"train": train, "val": val, "test": test}, where=" (x.yaml)")
+    many = _toy(8, scenes=("s",))
+    many.image_dir = tmp_path / "images"
+    with pytest.raises(ConfigError, match=r"7 test image\(s\).*: s_0.png, s_1.png, s_2.png, s_3.png, s_4.png, \.\.\."):
+        check_leakage({"val": many.subset(range(7), "val"), "test": many.subset(range(8), "test")})
+    test.filenames[0] = "copy.png"
+    with caplog.at_level("INFO", logger="data.folds"):
+        rep = check_leakage({"train": train, "val": val, "test": test})
+    assert rep["n_same_content_test"] == 1 and "1 identical image file(s)" in caplog.text
+    assert "test:copy.png = train:s_1.png" in caplog.text
+
+
+def test_ucm_leakage_facts(shared_data):
+    """The real UCM set (images under ../shared/data/ucm): no test name in train; one identical pair, in train."""
+    folder = shared_data / "ucm" / "ucm_precomp"
+    if not (folder / "images").is_dir():
+        pytest.skip("../shared/data/ucm is not available")
+    train, test = (load_split(folder, s, check_images=False) for s in ("train", "test"))
+    rep = check_leakage({"train": train, "test": test})
+    assert (train.n_images, test.n_images, rep["n_same_name"]) == (1890, 210, 0)
+    assert rep["same_content"] == [[["train", "102.jpg"], ["train", "103.jpg"]]]
+    assert rep["n_same_content"] == 1 and rep["n_same_content_test"] == 0

@@ -9,7 +9,7 @@ from data.datasets import delete_words
 from data.precomp import load_split
 from data.stopwords import ENGLISH_STOPWORDS
 from data.tokenize import (UNK, VocabTokenizer, build_tokenizer, build_vocab, load_vocab_json, save_vocab_json,
-                           tokenizer_from_state, word_tokens)
+                           tokenizer_from_state, vocab_report, word_tokens)
 from core.config import ConfigError, DataCfg
 
 
@@ -33,6 +33,43 @@ def test_vocab_from_train_only_differs_by_known_words(shared_data):
     built = set(build_vocab(_captions(shared_data, "rsitmd", ("train",))))
     assert built < shipped and len(shipped - built) == 81
     assert {"alternating", "aprons", "canal", "checkered"} <= shipped - built
+
+
+@pytest.mark.parametrize("name, from_test, test_only", [("rsitmd", 81, 2), ("rsicd", 179, 25), ("sydney", 3, 1),
+                                                         ("ucm", 0, 0)])
+def test_vocab_report_counts_words_from_test(shared_data, name, from_test, test_only):
+    """The run's report on the upstream files: words there only thanks to the test captions (fewer than 5 times in
+    the training captions), and words no training caption holds at all; a built vocabulary has none."""
+    train, test = _captions(shared_data, name, ("train",)), _captions(shared_data, name, ("test",))
+    path = shared_data / "vocab" / f"{name}_splits_vocab.json"
+    upstream = build_tokenizer(DataCfg(vocab=str(path)), train)
+    rep = vocab_report(upstream, train, test)
+    assert rep["source"] == f"file {path}" and (rep["n_from_test"], rep["n_test_only"]) == (from_test, test_only)
+    shipped, built = load_vocab_json(path), build_vocab(train)
+    assert rep["from_test_examples"] == [w for w in shipped if w not in built][:10]  # brute force: set difference
+    tok = build_tokenizer(DataCfg(), train, "the training captions of fold 0")
+    rep = vocab_report(tok, train, test)
+    assert (rep["n_from_test"], rep["n_test_only"], rep["from_test_examples"]) == (0, 0, [])
+    assert rep["source"] == f"built from the training captions of fold 0 ({len(train)} captions)"
+    # the source survives a checkpoint round trip (resume, test.py)
+    assert vocab_report(tokenizer_from_state(tok.state()), train, test)["source"] == rep["source"]
+
+
+def test_vocab_report_hand_made():
+    tok = VocabTokenizer(["red", "roof", "canal", "pier", "dock"], source="file v.json")
+    train = ["a red roof"] * 5 + ["red pier", "dock"]
+    rep = vocab_report(tok, train, ["a canal", "the red roof", "blue sky", "a dock"])
+    # canal: in no training caption; dock: once in training (< 5); pier: in no test caption; red, roof: 5+ times
+    assert rep == {"tokenizer": "vocab", "n_words": 6, "source": "file v.json", "n_test_only": 1, "n_from_test": 2,
+                   "from_test_examples": ["canal", "dock"]}
+
+
+def test_missing_vocab_file_says_where_it_comes_from(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        build_tokenizer(DataCfg(vocab=str(tmp_path / "rsicd_splits_vocab.json")), ["red roof"] * 5)
+    msg = str(e.value)
+    assert "rsicd_splits_vocab.json (data.vocab)" in msg and "GaLR" in msg and "AMFMN" in msg
+    assert 'data.vocab=""' in msg and "\n" not in msg
 
 
 def test_ucm_vocab_same_words_other_order(shared_data):
