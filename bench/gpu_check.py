@@ -426,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         if src is None:
             print("gpu_check: no UCM folder found (give --ucm DIR holding ucm_precomp/)", file=sys.stderr)
             return 2
-        print(f"packed {pack_ucm(src, Path(args.pack_ucm))}")
+        try:
+            print(f"packed {pack_ucm(src, Path(args.pack_ucm))}")
+        except FileExistsError as e:
+            print(f"gpu_check: {e}", file=sys.stderr)
+            return 2
         return 0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: CUDA is not available; use --dry-run (or --device cpu) on a CPU machine", file=sys.stderr)
