@@ -3,7 +3,7 @@ from-scratch run on the real UCM images. About 7 minutes on one H100/H200; print
 ``$OUT/gpu_check.json`` (+ ``gpu_check.md``, ``gpu_tests.xml``).
 
     python bench/gpu_check.py                         # on a GPU machine (bench/gpu_check.sh installs carried wheels)
-    python bench/gpu_check.py --dry-run               # CPU: tiny configs, 2 steps, 1 epoch (tests/bench/test_gpu_check.py)
+    python bench/gpu_check.py --dry-run               # CPU: tiny configs, 2 steps, 1 epoch (CI runs this)
     python bench/gpu_check.py --pack-ucm .gpu_data    # a < 40 MiB JPEG q85 copy of the UCM set, to carry to the device
 
 1. ``tests``: ``pytest -m gpu tests/gpu`` (bf16/fp16 steps for every tiny config, test.py CUDA vs CPU, exact resume).
@@ -47,7 +47,7 @@ from torch import nn  # noqa: E402
 from core.config import Config, load_config  # noqa: E402
 from data.build import build_data, model_context, train_loader  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
-from engine.runner import fit, prepare_run_dir, setup_determinism  # noqa: E402
+from engine.runner import fit, prepare_run_dir  # noqa: E402
 from engine.train_loop import autocast, to_device, train_one_epoch  # noqa: E402
 from losses import build_criterion  # noqa: E402
 from models.registry import MODELS, build_model, list_models  # noqa: E402

@@ -130,7 +130,8 @@ def test_resume_on_device_is_exact_in_deterministic_mode(device, tmp_path):
     assert not different, f"weights differ after resume on {device.type}: {different[:5]}"
 
     def epoch_row(run: str) -> dict:
-        rows = [json.loads(x) for x in (tmp_path / run / "tiny_vse" / "fold0" / "metrics.jsonl").read_text().splitlines()]
+        lines = (tmp_path / run / "tiny_vse" / "fold0" / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(x) for x in lines]
         row = next(r for r in rows if r.get("epoch") == 2)
         return {k: v for k, v in row.items() if "time" not in k and not k.endswith("data_s")}
 
