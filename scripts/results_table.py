@@ -1,6 +1,7 @@
 """One paper-style results table across methods and datasets, from the runs' summary files.
 
     python scripts/results_table.py checkpoints/ [more paths ...] [--format md|csv] [--out table.md]
+        [--dataset ucm] [--plot val_mr.png]
 
 Every path is searched recursively for ``summary.json`` (written by ``train.py --folds all``) and for single-fold
 runs ``fold<k>/test.json`` that no ``summary.json`` above them covers. Each run gives one row per rerank setting:
@@ -9,7 +10,9 @@ columns R@1/5/10 image->text and text->image and mR, as mean +- sample std over 
 
 Rerank: a fold record whose ``rerank`` entry holds metrics (``{"mR": ..., ...}``) adds a reranked row; a record
 whose ``rerank`` entry only names the method (``{"name": "galr", "k": ...}``, as ``test.py --rerank`` writes) is
-itself reranked. Exit code 2 with one line on bad input.
+itself reranked. ``--dataset`` keeps only that dataset's runs (``run_<dataset>.sh`` passes it). ``--plot FILE``
+also writes a PNG of validation mR per epoch of every kept run (one line per fold, one colour per method) from the
+runs' ``fold<k>/metrics.jsonl``. Exit code 2 with one line on bad input.
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--format", choices=["md", "csv"], default="md")
     p.add_argument("--out", help="also write the table to this file")
     p.add_argument("--digits", type=int, default=2, help="decimals in the md table (csv keeps 4)")
+    p.add_argument("--dataset", help="keep only the runs of this dataset (e.g. ucm)")
+    p.add_argument("--plot", help="also write a PNG of validation mR per epoch (from fold*/metrics.jsonl) here")
     return p.parse_args(argv)
 
 
@@ -154,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             raise TableError(f"no summary.json or fold*/test.json under {', '.join(args.paths)}")
         runs = load_runs(files)
+        if args.dataset:
+            runs = [r for r in runs if r["dataset"] == args.dataset]
+            if not runs:
+                raise TableError(f"no run of dataset '{args.dataset}' under {', '.join(args.paths)}")
     except TableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

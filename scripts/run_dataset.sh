@@ -1,35 +1,47 @@
 #!/usr/bin/env bash
-# Train and test every method configured for one dataset (or one method), then print one results table.
+# Train and test every method configured for one dataset (or one method), then print one results table of that
+# dataset's runs.
 #   bash scripts/run_dataset.sh DATASET [METHOD [extra train.py args...]]
-# Environment: NGPU (default: the number of visible GPUs; torchrun is used when > 1), OUT (default: checkpoints),
-# PYTHON (default: python).
+# Environment: NGPU (default: the number of visible GPUs; torchrun is used when > 1), PYTHON (default: python),
+# PROFILE (default: none = configs/<dataset>_<method>.yaml; e.g. PROFILE=cpu = configs/cpu/<dataset>_<method>.yaml),
+# OUT (default: checkpoints, or checkpoints/<PROFILE> with a profile), DATA_ROOT (default: the config's data.root;
+# when set, passed on as --set data.root=DATA_ROOT). Each method's wall time (seconds, training and test of all its
+# folds) is written to OUT/<dataset>_<method>/wall_time_s.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dataset=${1:?usage: run_dataset.sh DATASET [METHOD [train.py args]]}
 shift
 py=${PYTHON:-python}
-out=${OUT:-checkpoints}
+profile=${PROFILE:-}
+cfg_dir=configs${profile:+/$profile}
+out=${OUT:-checkpoints${profile:+/$profile}}
+[ -d "$cfg_dir" ] || { echo "error: no config folder $cfg_dir (PROFILE=$profile)" >&2; exit 2; }
+root_args=()
+[ -n "${DATA_ROOT:-}" ] && root_args=(--set "data.root=$DATA_ROOT")
 ngpu=${NGPU:-$($py -c 'import torch; print(torch.cuda.device_count())')}
 if [ $# -ge 1 ]; then
   methods=$1
   shift
 else
-  methods=$(ls configs/"${dataset}"_*.yaml | sed -E "s#configs/${dataset}_(.*)\.yaml#\1#")
+  methods=$(ls "$cfg_dir"/"${dataset}"_*.yaml | sed -E "s#${cfg_dir}/${dataset}_(.*)\.yaml#\1#")
 fi
 for m in $methods; do
-  cfg=configs/${dataset}_${m}.yaml
+  cfg=$cfg_dir/${dataset}_${m}.yaml
   [ -f "$cfg" ] || { echo "error: no config $cfg" >&2; exit 2; }
   exp="$out/${dataset}_${m}"
   mkdir -p "$exp"
+  start=$(date +%s)
   case $m in
     *zeroshot*)  # evaluation only
-      $py test.py --config "$cfg" --json "$exp/test.json" "$@"
+      $py test.py --config "$cfg" --json "$exp/test.json" ${root_args[@]+"${root_args[@]}"} "$@"
       continue ;;
   esac
   if [ "$ngpu" -gt 1 ]; then
-    torchrun --nproc_per_node "$ngpu" train.py --config "$cfg" --folds all --output-dir "$out" "$@"
+    torchrun --nproc_per_node "$ngpu" train.py --config "$cfg" --folds all --output-dir "$out" \
+      ${root_args[@]+"${root_args[@]}"} "$@"
   else
-    $py train.py --config "$cfg" --folds all --output-dir "$out" "$@"
+    $py train.py --config "$cfg" --folds all --output-dir "$out" ${root_args[@]+"${root_args[@]}"} "$@"
   fi
+  echo $(( $(date +%s) - start )) > "$exp/wall_time_s.txt"
 done
-$py scripts/results_table.py "$out" --format md
+$py scripts/results_table.py "$out" --dataset "$dataset" --format md
