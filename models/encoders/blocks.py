@@ -48,6 +48,16 @@ class MHAtt(nn.Module):
         self.linear_merge = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
+        # rsitr checkpoints written before the two attention classes became one named GaLR's projections
+        # v/k/q/merge; they load unchanged (old checkpoints keep working).
+        for name in ("v", "k", "q", "merge"):
+            for kind in ("weight", "bias"):
+                old = f"{prefix}{name}.{kind}"
+                if old in state_dict and f"{prefix}linear_{name}.{kind}" not in state_dict:
+                    state_dict[f"{prefix}linear_{name}.{kind}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], -1, self.heads, self.dim // self.heads).transpose(1, 2)  # [B, h, N, d]
 

@@ -127,3 +127,15 @@ def test_upstream_keys_map_onto_sfgs(method: str, cf: str, sf: str) -> None:
     assert all(converted[k].shape == own[k].shape for k in own)
     assert len(used) == len(own)
     assert all(torch.equal(converted[f"x.{k[len(sf):]}"], state[k]) for k in used if k.startswith(sf))
+
+
+def test_mhatt_loads_checkpoints_with_the_old_projection_names() -> None:
+    """rsitr checkpoints written before the single attention class named GaLR's projections v/k/q/merge."""
+    torch.manual_seed(0)
+    new = MHAtt(dim=8, heads=2, dropout=0.0)
+    old_state = {k.replace("linear_", ""): v.clone() for k, v in new.state_dict().items()}
+    assert set(old_state) == {f"{n}.{kind}" for n in ("v", "k", "q", "merge") for kind in ("weight", "bias")}
+    fresh = MHAtt(dim=8, heads=2, dropout=0.0)
+    fresh.load_state_dict(old_state)
+    x = torch.randn(2, 3, 8)
+    assert torch.equal(fresh(x, x, x), new(x, x, x))
