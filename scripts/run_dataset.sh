@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train and test every method configured for one dataset (or one method), then print one results table of that
-# dataset's runs.
+# dataset's runs (every OUT/<dataset>_<method> of its configs, also those of earlier calls; nothing else in OUT).
 #   bash scripts/run_dataset.sh DATASET [METHOD [extra train.py args...]]
 # Environment: NGPU (default: the number of visible GPUs; torchrun is used when > 1), PYTHON (default: python),
 # PROFILE (default: none = configs/<dataset>_<method>.yaml; e.g. PROFILE=cpu = configs/cpu/<dataset>_<method>.yaml),
@@ -19,16 +19,17 @@ out=${OUT:-checkpoints${profile:+/$profile}}
 root_args=()
 [ -n "${DATA_ROOT:-}" ] && root_args=(--set "data.root=$DATA_ROOT")
 ngpu=${NGPU:-$($py -c 'import torch; print(torch.cuda.device_count())')}
+all_methods=$(ls "$cfg_dir"/"${dataset}"_*.yaml | sed -E "s#${cfg_dir}/${dataset}_(.*)\.yaml#\1#")
 if [ $# -ge 1 ]; then
   methods=$1
   shift
 else
-  methods=$(ls "$cfg_dir"/"${dataset}"_*.yaml | sed -E "s#${cfg_dir}/${dataset}_(.*)\.yaml#\1#")
+  methods=$all_methods
 fi
 for m in $methods; do
   cfg=$cfg_dir/${dataset}_${m}.yaml
   [ -f "$cfg" ] || { echo "error: no config $cfg" >&2; exit 2; }
-  exp="$out/${dataset}_${m}"
+  exp="$out/$(basename "$dataset")_${m}"  # the run folder: train.experiment defaults to the config's stem
   mkdir -p "$exp"
   start=$(date +%s)
   case $m in
@@ -44,4 +45,13 @@ for m in $methods; do
   fi
   echo $(( $(date +%s) - start )) > "$exp/wall_time_s.txt"
 done
-$py scripts/results_table.py "$out" --dataset "$dataset" --format md
+# the table: only this dataset's runs (OUT/<config stem> of every config of the dataset, run now or before)
+runs=()
+for m in $all_methods; do
+  d="$out/$(basename "$dataset")_$m"
+  if [ -f "$d/summary.json" ] || ls "$d"/fold*/test.json >/dev/null 2>&1; then runs+=("$d")
+  elif [ -f "$d/test.json" ]; then runs+=("$d/test.json")  # evaluation-only (zeroshot) run
+  fi
+done
+[ ${#runs[@]} -gt 0 ] || { echo "error: no finished run of $dataset under $out" >&2; exit 1; }
+$py scripts/results_table.py "${runs[@]}" --format md
