@@ -210,8 +210,8 @@ def evaluate_checkpoint(cfg: Config, state: dict | None, tokenizer_state: dict |
                         args: argparse.Namespace) -> tuple[dict, Any]:
     """Rebuild data + model, load ``state``, evaluate ``args.split`` (with the chosen rerank)."""
     from data.build import build_data, model_context
-    from engine.rerank import TUNERS, rerank_settings
-    from engine.runner import evaluate_split, resolve_device
+    from engine.rerank import TUNERS
+    from engine.runner import evaluate_split, rerank_for_test, resolve_device
     from models.registry import build_model
 
     device = resolve_device(args.device or cfg.train.device)
@@ -224,21 +224,11 @@ def evaluate_checkpoint(cfg: Config, state: dict | None, tokenizer_state: dict |
         model.load_state_dict(state["model"])
         model.load_extra_state(state.get("extra", {}))
     model.eval()
-    kw: dict = {}
-    if rerank != "none":
-        val = None
-        if tune and bundle.val is not None:
-            _, sim = evaluate_split(cfg, model, bundle, "val", device)
-            val = (sim, bundle.val.txt2img)
-        kw = rerank_settings(rerank, _rerank_params(cfg), val, cfg.source)
+    kw = rerank_for_test(cfg, model, bundle, rerank, device) if rerank != "none" else {}  # as train.py's test
     metrics, sim = evaluate_split(cfg, model, bundle, args.split, device, rerank, kw)
     if rerank != "none":
         metrics["rerank"] = {"name": rerank, **kw}
     return metrics, sim
-
-
-def _rerank_params(cfg: Config) -> dict:
-    return {"k": cfg.eval.rerank_k, "wp1": cfg.eval.rerank_wp1, "wp2": cfg.eval.rerank_wp2}
 
 
 def test_command(args: argparse.Namespace) -> int:

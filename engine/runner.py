@@ -19,7 +19,7 @@ from core import dist
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from core.config import Config, config_from_dict, config_to_dict, save_config
 from core.errors import RunError  # noqa: F401  (defined in core.errors; importable from here as before)
-from engine.evaluate import evaluate
+from engine.evaluate import evaluate, metrics_with_rerank
 from core.logger import MetricWriter
 from engine.optim import build_optimizer, build_scheduler
 from engine.train_loop import train_one_epoch
@@ -219,13 +219,36 @@ def _final_test(cfg: Config, parts: Parts, run_dir: Path, device: torch.device, 
     ckpt = load_checkpoint(run_dir / "best.pth", method=cfg.model.name)
     parts.model.load_state_dict(ckpt["model"])
     parts.model.load_extra_state(ckpt.get("extra", {}))
-    metrics, _ = evaluate_split(cfg, parts.model, parts.bundle, "test", device)
+    rerank = cfg.eval.rerank
+    kw = rerank_for_test(cfg, parts.model, parts.bundle, rerank, device) if rerank != "none" else {}
+    metrics, sim = evaluate_split(cfg, parts.model, parts.bundle, "test", device, rerank, kw)
+    if rerank != "none":  # as test.py --rerank: reranked metrics, the rerank named; the plain ones kept beside
+        plain = metrics_with_rerank(sim, torch.tensor(parts.bundle.test.txt2img))
+        metrics.update(rerank={"name": rerank, **kw}, no_rerank=plain)
+        log.info("test without rerank: %s", format_metrics(plain))
     metrics.update(best_epoch=ckpt.get("best_epoch", ckpt["epoch"]), method=cfg.model.name,
                    checkpoint=str(run_dir / "best.pth"), **facts)
     (run_dir / "test.json").write_text(json.dumps(metrics, indent=2))
     writer.write(step, {f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     log.info("test (best epoch %s): %s", metrics["best_epoch"], format_metrics(metrics))
     return metrics
+
+
+def rerank_params(cfg: Config) -> dict:
+    """The config's rerank settings (checked per reranker by ``engine.rerank.rerank_settings``)."""
+    return {"k": cfg.eval.rerank_k, "wp1": cfg.eval.rerank_wp1, "wp2": cfg.eval.rerank_wp2}
+
+
+def rerank_for_test(cfg: Config, model: nn.Module, bundle: DataBundle, name: str, device: torch.device) -> dict:
+    """Settings of rerank ``name`` for a test: tuned on the fold's validation split (``eval.tune_rerank``, for the
+    rerankers that can be tuned, when the bundle has one), else the config's; never tuned on test."""
+    from engine.rerank import TUNERS, rerank_settings
+
+    val = None
+    if name in TUNERS and cfg.eval.tune_rerank and bundle.val is not None:
+        _, sim = evaluate_split(cfg, model, bundle, "val", device)
+        val = (sim, bundle.val.txt2img)
+    return rerank_settings(name, rerank_params(cfg), val, cfg.source)
 
 
 def data_facts(bundle: DataBundle) -> dict:
