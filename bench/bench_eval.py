@@ -1,6 +1,6 @@
 """Benchmark of engine.metrics / engine.rerank against per-query loop baselines written the way upstream computes.
 
-    python bench/bench_eval.py [--quick] [--skip-big] [--threads N] [--big-shape 50000 250000 512]
+    python bench/bench_eval.py [--quick] [--skip-big] [--skip-whole | --only-whole] [--threads N] [--big-shape 50000 250000 512]
 
 Prints one table:
 - metrics at the RSICD-test shape (1093 x 5465) and the NWPU-test shape (3150 x 15750): retrieval_metrics vs a numpy
@@ -13,8 +13,12 @@ Prints one table:
 Every loop baseline is timed once in the same run; our functions take the best of ``--repeat`` runs. Inputs are
 random float64 (ties practically impossible, so both sides must agree, which the table checks); ``--float32``
 adds float32 metric rows (ties do occur there, so "agree" may be False where numpy's unstable argsort breaks them).
-``--quick``: RSICD-shape rows only and a 5k x 25k streamed case. Goals (issue 2): metrics >= 30x (RSICD) and >= 50x
-(NWPU), rerank >= 50x, streamed case peak RSS <= 3 GB and wall <= 1.3x the bare matmul.
+- scripts/eval_sims.py as whole processes (issue 14.15): plain evaluation plus GaLR rerank, two processes on a saved
+  float32 NWPU-size matrix (3150 x 15750), against one process that runs the loop baselines above on the same file
+  (plain metrics, rerank both directions, metrics of the reranked matrices); start-up and imports count on both sides.
+``--quick``: RSICD-shape rows only, a 5k x 25k streamed case and the whole-process row at the RSICD shape. Goals (issue 2): metrics >= 30x (RSICD) and >= 50x
+(NWPU), rerank >= 50x, streamed case peak RSS <= 3 GB and wall <= 1.3x the bare matmul; issue 14.15: the two
+eval_sims processes >= 20x the whole-process baseline.
 """
 from __future__ import annotations
 
@@ -82,6 +86,20 @@ def best_of(fn, repeat: int) -> tuple[float, float, object]:
     return min(r[0] for r in runs), min(r[1] for r in runs), runs[-1][2]
 
 
+def loop_mr(ri: np.ndarray, rt: np.ndarray) -> float:
+    """mR from upstream-style 0-based ranks (image queries ri, caption queries rt)."""
+    return float(np.mean([100.0 * np.mean(r < k) for r in (ri, rt) for k in (1, 5, 10)]))
+
+
+def baseline_child(path: str) -> None:
+    """Runs in a child process: upstream-style plain evaluation, then GaLR rerank + evaluation; prints JSON."""
+    S = np.load(path).astype(np.float64)
+    plain = loop_mr(*loop_metrics(S))
+    i2t = loop_i2t_rerank(S, 30, 0.3, 1.1)
+    t2i = loop_i2t_rerank(S.T.copy(), 30, 0.3, 1.1).T
+    print(json.dumps(dict(plain=plain, galr=loop_mr(loop_metrics(i2t)[0], loop_metrics(t2i)[1]))))
+
+
 # ------------------------------------------------------------------------------------------------------- rows
 def metric_row(name: str, n_img: int, repeat: int, dtype: torch.dtype = torch.float64) -> dict:
     S = torch.randn(n_img, 5 * n_img, generator=torch.Generator().manual_seed(n_img), dtype=torch.float64).to(dtype)
@@ -132,15 +150,57 @@ def big_row(shape: list[int], threads: int | None) -> dict:
     return dict(what=f"streamed {shape[0]}x{shape[1]} d={shape[2]}", **d)
 
 
-def print_table(rows: list[dict], big: dict | None) -> None:
+def whole_process_row(n_img: int, repeat: int) -> dict:
+    """scripts/eval_sims.py as two whole processes (plain, then --rerank galr) on a saved float32 matrix vs one
+    process running the upstream-style loops (plain metrics, rerank both ways, metrics of the reranked matrices)."""
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        g = torch.Generator().manual_seed(3)
+        img = torch.nn.functional.normalize(torch.randn(n_img, 64, generator=g), dim=1)
+        noise = 0.25 * torch.randn(5 * n_img, 64, generator=g)  # mR about 85: a trained model's range
+        txt = torch.nn.functional.normalize(img.repeat_interleave(5, 0) + noise, dim=1)
+        path = Path(tmp) / "sims.npy"
+        np.save(path, (img @ txt.t()).numpy().astype(np.float32))
+
+        def ours() -> dict:
+            out = {}
+            for rerank in ("none", "galr"):
+                js = Path(tmp) / f"{rerank}.json"
+                subprocess.run([sys.executable, str(root / "scripts" / "eval_sims.py"), "--sims", str(path),
+                                "--rerank", rerank, "--json", str(js)], check=True, capture_output=True)
+                out[rerank] = json.loads(js.read_text())["mR"]
+            return out
+
+        runs = [timed(ours) for _ in range(repeat)]
+        got = runs[-1][2]
+        wall = min(r[0] for r in runs)
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, __file__, "--baseline-child", str(path)], capture_output=True, text=True,
+                           check=True)
+        base = time.perf_counter() - t
+    ref = json.loads(r.stdout.strip().splitlines()[-1])
+    agree = abs(got["none"] - ref["plain"]) < 0.05 and abs(got["galr"] - ref["galr"]) < 0.05
+    return dict(what=f"eval_sims plain+galr {n_img}x{5 * n_img} (2 procs)", ours=wall, base=base, agree=agree,
+                mR=f"plain {got['none']:.2f}/{ref['plain']:.2f}, galr {got['galr']:.2f}/{ref['galr']:.2f}")
+
+
+def print_table(rows: list[dict], big: dict | None, whole: dict | None = None) -> None:
     print(f"\ntorch {torch.__version__}, threads {torch.get_num_threads()}, random inputs\n")
-    print("wall = elapsed seconds; cpu = CPU seconds of this process (steadier when the machine is shared)")
-    print(f"{'case':38}{'ours wall':>10}{'loop wall':>10}{'x wall':>8}{'ours cpu':>10}{'loop cpu':>10}{'x cpu':>8}"
-          f"{'agree':>7}")
+    if rows:
+        print("wall = elapsed seconds; cpu = CPU seconds of this process (steadier when the machine is shared)")
+        print(f"{'case':38}{'ours wall':>10}{'loop wall':>10}{'x wall':>8}{'ours cpu':>10}{'loop cpu':>10}{'x cpu':>8}"
+              f"{'agree':>7}")
     for r in rows:
         print(f"{r['what']:38}{r['ours']:10.4f}{r['base']:10.3f}{r['base'] / r['ours']:7.1f}x"
               f"{r['ours_cpu']:10.4f}{r['base_cpu']:10.3f}{r['base_cpu'] / max(r['ours_cpu'], 1e-9):7.1f}x"
               f"{str(r['agree']):>7}")
+    if whole:
+        print(f"\nwhole processes (interpreter start, imports, np.load included; wall seconds, ours best of runs)")
+        print(f"{'case':44}{'ours':>8}{'base':>9}{'ratio':>8}{'agree':>7}  mR ours/base")
+        print(f"{whole['what']:44}{whole['ours']:8.2f}{whole['base']:9.1f}{whole['base'] / whole['ours']:7.1f}x"
+              f"{str(whole['agree']):>7}  {whole['mR']}")
     if big:
         print(f"\n{'case':38}{'eval wall':>10}{'mm wall':>10}{'ratio':>8}{'eval cpu':>10}{'mm cpu':>10}{'ratio':>8}"
               f"{'peak RSS':>11}")
@@ -158,11 +218,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--big-shape", type=int, nargs=3, default=None, metavar=("N_IMG", "N_CAP", "D"))
     p.add_argument("--big-child", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--baseline-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--skip-whole", action="store_true", help="skip the whole-process eval_sims row")
+    p.add_argument("--only-whole", action="store_true", help="only the whole-process eval_sims row")
+    p.add_argument("--whole-repeat", type=int, default=3, help="runs of the two eval_sims processes (best kept)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.big_child:
         big_child(*args.big_child)
+        return 0
+    if args.baseline_child:
+        baseline_child(args.baseline_child)
+        return 0
+    whole = None
+    if not args.skip_whole:
+        whole = whole_process_row(1093 if args.quick else 3150, args.whole_repeat)
+    if args.only_whole:
+        print_table([], None, whole)
         return 0
     dtypes = [torch.float64] + ([torch.float32] if args.float32 else [])
     rows = [metric_row("RSICD", 1093, args.repeat, dt) for dt in dtypes]
@@ -173,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_big:
         shape = args.big_shape or ([5000, 25000, 512] if args.quick else [50000, 250000, 512])
         big = big_row(shape, args.threads)
-    print_table(rows, big)
+    print_table(rows, big, whole)
     return 0
 
 

@@ -49,6 +49,7 @@ class DataCfg:
     root: str = "data"  # folder that holds <name>_precomp/
     name: str = ""  # precomp folder stem (default: the preset's)
     image_dir: str = ""  # image folder, relative to the precomp folder or absolute (default: the preset's)
+    encoding: str = "utf-8"  # caption / filename files; decoded strictly (a bad byte is an error naming file + line)
     tokenizer: str = "vocab"  # vocab (word ids) | bert | clip
     vocab: str = ""  # vocab JSON (word2idx/idx2word/idx); "" = build from the training captions
     tokenizer_path: str = ""  # local directory of a HF tokenizer (bert)
@@ -336,7 +337,7 @@ def _check_values(cfg: Config, source: str) -> None:
         if _get_dotted(cfg, key) not in allowed:
             raise ConfigError(f"{source}: '{key}' must be one of {', '.join(allowed)}, got {_get_dotted(cfg, key)!r}")
     if any(r < 1 for r in cfg.eval.scene_recall):
-        raise ConfigError(f"{source}: 'eval.scene_recall' cut-offs must be >= 1, got {list(cfg.eval.scene_recall)}")
+        raise ConfigError(f"{source}: 'eval.scene_recall' must be cut-offs >= 1, got {list(cfg.eval.scene_recall)}")
     if cfg.data.protocol == "kfold" and cfg.data.n_folds < 2:
         raise ConfigError(f"{source}: 'data.n_folds' must be >= 2 with data.protocol=kfold, got {cfg.data.n_folds}")
 

@@ -5,6 +5,7 @@ Everything else (a bug, an exception of torch or numpy) keeps its traceback and 
 * :class:`RsitrError` is the base; ``train.py`` / ``test.py`` catch only it.
 * :class:`ConfigError`: a bad key, type or value of a config (the message names the key and the file).
 * :class:`DataError`: a dataset file that is malformed (wrong line counts, duplicated names, empty captions ...).
+* :class:`ConfigKeyError` / :class:`MissingEntryError`: the same, where callers look them up as KeyError.
 * :class:`MissingFileError`: a file or folder the run needs does not exist (dataset, vocabulary, pretrained asset).
 * :class:`CheckpointError`: a missing, truncated or foreign checkpoint.
 * :class:`RunError`: a run cannot start (existing run directory, unwritable output, no CUDA ...).
@@ -29,6 +30,18 @@ class DataError(RsitrError, ValueError):
 
 class MissingFileError(RsitrError, FileNotFoundError):
     """A file or folder the run needs is missing (the message names it and where it comes from)."""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """A ConfigError that callers may also catch as KeyError (an unknown name, a missing model output)."""
+
+    __str__ = Exception.__str__  # KeyError would quote the message
+
+
+class MissingEntryError(DataError, KeyError):
+    """A data file lacks an entry the run needs (also a KeyError, as the lookup that failed)."""
+
+    __str__ = Exception.__str__
 
 
 class CheckpointError(RsitrError, ValueError):

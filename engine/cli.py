@@ -197,11 +197,13 @@ def load_test_target(args: argparse.Namespace, path: str | None) -> tuple[Config
         cfg = replace(cfg, model=replace(cfg.model, pretrained=False, init_from=""))  # weights from the checkpoint
         log.info("evaluating %s with the checkpoint's config; from --set: %s", path, ", ".join(keys) or "nothing")
         return cfg, ckpt, ckpt["tokenizer"], ckpt.get("fold", 0)
+    cfg = load_config(resolve_config_path(args.config), args.set)
     from models.registry import MODELS, list_models
 
-    cfg = load_config(resolve_config_path(args.config), args.set)
     list_models()
-    if not getattr(MODELS.get(cfg.model.name), "zero_shot", False):
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"{cfg.source}: unknown model.name '{cfg.model.name}'; registered: {', '.join(MODELS.names())}")
+    if not MODELS.get(cfg.model.name).zero_shot:
         raise ConfigError(f"{cfg.source}: '{cfg.model.name}' must be trained first; test it with --resume best.pth")
     return cfg, None, None, 0
 
@@ -242,24 +244,25 @@ def test_command(args: argparse.Namespace) -> int:
         paths = sorted(str(p) for p in Path(args.run_dir).glob("fold*/best.pth"))
         if not paths:
             raise RunError(f"no fold*/best.pth under {args.run_dir}")
-    import numpy as np
-    import torch
-
-    from engine.runner import format_metrics
-    from engine.summary import mean_std
-
     rows = []
-    with torch.no_grad():
-        for i, path in enumerate(paths):
-            cfg, ckpt, tok, fold = load_test_target(args, path)
+    for i, path in enumerate(paths):
+        cfg, ckpt, tok, fold = load_test_target(args, path)  # config errors surface before torch is imported
+        import numpy as np
+        import torch
+
+        from engine.runner import format_metrics
+
+        with torch.no_grad():
             metrics, sim = evaluate_checkpoint(cfg, ckpt, tok, fold, args)
-            metrics.update(method=cfg.model.name, checkpoint=path or f"zero-shot:{cfg.source}")
-            print(f"{metrics['checkpoint']}: {format_metrics(metrics)}")
-            rows.append(metrics)
-            if args.save_sims and i == len(paths) - 1:
-                write_output(args.save_sims, lambda p: np.save(p, sim.numpy()), "--save-sims")
+        metrics.update(method=cfg.model.name, checkpoint=path or f"zero-shot:{cfg.source}")
+        print(f"{metrics['checkpoint']}: {format_metrics(metrics)}")
+        rows.append(metrics)
+        if args.save_sims and i == len(paths) - 1:
+            write_output(args.save_sims, lambda p: np.save(p, sim.numpy()), "--save-sims")
     out = rows[0]
     if len(rows) > 1:
+        from engine.summary import mean_std
+
         mean, std = mean_std(rows)
         out = {**mean, "std": std, "folds": rows, "n_images": rows[0]["n_images"], "n_captions": rows[0]["n_captions"],
                "method": rows[0]["method"], "checkpoint": args.run_dir}

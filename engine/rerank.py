@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from core.config import parse_params
-from core.errors import ConfigError
+from core.errors import ConfigError, ConfigKeyError
 from engine.metrics import retrieval_metrics
 
 __all__ = ["galr_rerank", "galr_rerank_unweighted", "no_rerank", "RERANKERS", "apply_rerank", "tune_rerank",
@@ -200,7 +200,7 @@ RERANKERS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
 def apply_rerank(name: str, sim: Tensor, **kw: object) -> tuple[Tensor, Tensor]:
     """Run the reranker ``name`` (a key of RERANKERS) on sim; returns (i2t, t2i) matrices."""
     if name not in RERANKERS:
-        raise KeyError(f"unknown rerank '{name}'; known: {sorted(RERANKERS)}")
+        raise ConfigKeyError(f"unknown rerank '{name}' (eval.rerank); known: {', '.join(sorted(RERANKERS))}")
     return RERANKERS[name](sim, **kw)
 
 

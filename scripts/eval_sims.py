@@ -25,11 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from engine.metrics import retrieval_metrics, txt2img_from_counts, txt2img_from_img2txt  # noqa: E402
-from engine.rerank import RERANKERS, apply_rerank, tune_rerank  # noqa: E402
-
+# torch and the engine are imported inside the functions that use them, so --help and bad input answer at once
+RERANK_NAMES = ("galr", "galr_unweighted", "none")  # the keys of engine.rerank.RERANKERS (a test checks)
 KEYS = ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "mR", "rsum",
         "i2t_medR", "t2i_medR", "i2t_meanR", "t2i_meanR"]
 
@@ -62,7 +60,7 @@ def load_sims(path: str) -> np.ndarray:
         raise InputError(f"{path}: expected a 2-D images x captions matrix, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise InputError(f"{path}: expected real numbers, got dtype {arr.dtype}")
-    arr = arr if arr.dtype == np.float64 else arr.astype(np.float32)
+    arr = arr if arr.dtype == np.float64 else arr.astype(np.float32, copy=False)
     bad = ~np.isfinite(arr)
     if bad.any():
         r, c = np.argwhere(bad)[0]
@@ -70,8 +68,10 @@ def load_sims(path: str) -> np.ndarray:
     return arr
 
 
-def build_txt2img(args: argparse.Namespace, n_img: int, n_cap: int) -> torch.Tensor:
+def build_txt2img(args: argparse.Namespace, n_img: int, n_cap: int) -> "torch.Tensor":  # noqa: F821
     """Caption -> image map from --img2txt, else from --captions-per-image; raises InputError naming the file."""
+    from engine.metrics import txt2img_from_counts, txt2img_from_img2txt
+
     if args.img2txt:
         path = args.img2txt
         try:
@@ -95,6 +95,17 @@ def build_txt2img(args: argparse.Namespace, n_img: int, n_cap: int) -> torch.Ten
     return txt2img_from_counts([cpi] * n_img)
 
 
+def check_output(path: str | None, flag: str) -> None:
+    """Create the folders of an output file before any work; raise InputError when that is impossible."""
+    if path:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"{flag} {path}: cannot create its folder ({e.strerror or type(e).__name__})") from None
+        if Path(path).is_dir() or not os.access(Path(path).parent, os.W_OK):
+            raise InputError(f"{flag} {path}: not a writable file path")
+
+
 def format_table(m: dict[str, float], title: str) -> str:
     """A small fixed-width table of the metrics."""
     lines = [title, f"{'':6}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'medR':>8}{'meanR':>9}"]
@@ -110,7 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sims", required=True, help="S.npy or S.npz (images x captions)")
     p.add_argument("--captions-per-image", type=int, default=5)
     p.add_argument("--img2txt", default=None, help="JSON list: entry i = caption indices of image i")
-    p.add_argument("--rerank", choices=sorted(RERANKERS), default="none")
+    p.add_argument("--rerank", choices=RERANK_NAMES, default="none")
     p.add_argument("--k", type=int, default=30)
     p.add_argument("--wp1", type=float, default=0.3)
     p.add_argument("--wp2", type=float, default=1.1)
@@ -124,11 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input)."""
     args = parse_args(argv)
     try:
+        for path, flag in ((args.json, "--json"), (args.save_reranked, "--save-reranked")):
+            check_output(path, flag)
         sim_np = load_sims(args.sims)
         txt2img = build_txt2img(args, *sim_np.shape)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    import torch
+
+    from engine.metrics import retrieval_metrics
+    from engine.rerank import apply_rerank, tune_rerank
+
     sim = torch.from_numpy(sim_np)
     if args.tune:
         best, best_mr, table = tune_rerank(sim, txt2img)
@@ -149,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.save_reranked:
             np.savez(args.save_reranked, i2t=i2t.numpy(), t2i=t2i.numpy())
     except OSError as e:
-        print(f"error: cannot write output: {e}", file=sys.stderr)
+        print(f"error: cannot write output: {e.strerror or type(e).__name__} ({e.filename})", file=sys.stderr)
         return 2
     return 0
 

@@ -77,3 +77,54 @@ def test_every_shipped_config_loads():
     assert files, "no configs shipped"
     for p in files:
         assert isinstance(load_config(p), Config), p
+
+
+@pytest.mark.parametrize("override,key,want", [
+    ("data.batch_size=-4", "data.batch_size", ">= 1"), ("data.eval_batch_size=0", "data.eval_batch_size", ">= 1"),
+    ("train.epochs=-1", "train.epochs", ">= 0"), ("optim.lr=-0.1", "optim.lr", ">= 0"),
+    ("data.image_size=0", "data.image_size", ">= 1"), ("data.n_folds=0", "data.n_folds", ">= 1"),
+    ("data.num_workers=-2", "data.num_workers", ">= 0"), ("data.val_ratio=1.0", "data.val_ratio", ">= 0 and < 1"),
+    ("optim.lr=.nan", "optim.lr", ">= 0"), ("train.log_every=0", "train.log_every", ">= 1"),
+    ("eval.scene_recall=[0, 5]", "eval.scene_recall", ">= 1"),
+])
+def test_range_errors_name_key_and_file(tmp_path, override, key, want):
+    path = write(tmp_path / "a.yaml", "{}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, [override])
+    assert str(e.value).startswith(f"{path}: '{key}' must be") and want in str(e.value)
+
+
+@pytest.mark.parametrize("override,key", [("train.amp=bf32", "train.amp"), ("optim.name=adamx", "optim.name"),
+                                          ("data.tokenizer=word", "data.tokenizer"),
+                                          ("optim.scheduler=linear", "optim.scheduler")])
+def test_choice_errors_list_the_choices(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=rf"'{key}' must be one of .*, got"):
+        load_config(write(tmp_path / "a.yaml", "{}\n"), [override])
+
+
+def test_kfold_needs_two_folds(tmp_path):
+    with pytest.raises(ConfigError, match=r"'data\.n_folds' must be >= 2 with data\.protocol=kfold"):
+        load_config(write(tmp_path / "a.yaml", "data: {protocol: kfold, n_folds: 1}\n"))
+
+
+def test_copied_config_base_error_names_file_key_and_shipped_base(tmp_path):
+    shipped = Path(__file__).resolve().parents[2] / "configs"
+    copy = write(tmp_path / "mine.yaml", (shipped / "rsitmd_galr.yaml").read_text())
+    with pytest.raises(ConfigError) as e:
+        load_config(copy)
+    msg = str(e.value)
+    base = yaml.safe_load(copy.read_text())["_base_"]
+    assert msg.startswith(f"{copy}: '_base_: {base}' not found") and str(tmp_path) in msg
+    assert (shipped / base).is_file() and msg.endswith(f"needs an absolute _base_, e.g. '_base_: {shipped / base}'")
+    other = write(tmp_path / "other.yaml", "_base_: nowhere/b.yaml\n")
+    with pytest.raises(ConfigError, match="give _base_ as an absolute path"):
+        load_config(other)
+
+
+def test_closest_config_names():
+    from engine.cli import config_names, resolve_config_path
+
+    assert "rsitmd_galr.yaml" in config_names() and not any("_base_" in n for n in config_names())
+    with pytest.raises(ConfigError, match=r"closest in configs/: rsitmd_galr\.yaml"):
+        resolve_config_path("rsitmd_glar.yaml")
+    assert resolve_config_path("rsitmd_galr").name == "rsitmd_galr.yaml"

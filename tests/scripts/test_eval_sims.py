@@ -112,3 +112,22 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, sims, capsy
         lines = cap.err.strip().splitlines()
         assert len(lines) == 1 and name in lines[0] and lines[0].startswith("error:"), (argv, cap.err)
         assert not any(p.exists() for p in outs), argv
+
+
+def test_rerank_choices_are_the_registered_rerankers():
+    from engine.rerank import RERANKERS
+
+    assert sorted(eval_sims.RERANK_NAMES) == sorted(RERANKERS)
+
+
+def test_output_folders_created_and_bad_output_refused_before_reading(tmp_path, sims, capsys):
+    out = tmp_path / "new" / "dir" / "m.json"
+    assert eval_sims.main(["--sims", str(tmp_path / "s.npy"), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["mR"] == pytest.approx(
+        retrieval_metrics(torch.from_numpy(sims), txt2img_from_counts([5] * 12))["mR"])
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    capsys.readouterr()
+    assert eval_sims.main(["--sims", str(tmp_path / "missing.npy"), "--json", str(blocker / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --json {blocker / 'm.json'}: cannot create its folder") and "Errno" not in err
