@@ -106,7 +106,7 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
     if want_train and not has_train:
         raise MissingFileError(f"{folder} has no train_caps.txt{where}; this dataset can only be evaluated "
                                 "(give a tokenizer via data.vocab / a checkpoint and use splits=('test',))")
-    full_all = load_split(folder, "train", image_dir, False, ext) if has_train else None
+    full_all = load_split(folder, "train", image_dir, False, ext, cfg.encoding) if has_train else None
     train = val = None
     if want_train and full_all is not None:
         full = truncate(full_all, cfg.max_images)
@@ -117,7 +117,7 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
                  len(tr_idx), len(va_idx))
         if run_dir is not None and dist.is_main():
             write_split_files(Path(run_dir) / "splits", full, tr_idx, va_idx)
-    test = truncate(load_split(folder, "test", image_dir, False, ext), cfg.max_images)
+    test = truncate(load_split(folder, "test", image_dir, False, ext, cfg.encoding), cfg.max_images)
     used = [(n, sp) for n, sp in (("train", train), ("val", val), ("test", test)) if sp is not None and n in splits]
     check_images([sp.image_path(i) for _, sp in used for i in range(sp.n_images)],  # all bad files in one error
                  f"split(s) {', '.join(n for n, _ in used)} of {folder}")

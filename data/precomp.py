@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from core.errors import DataError, MissingFileError
+from core.errors import ConfigError, DataError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,26 @@ class PrecompSplit:
                             dict(self.meta, parent=self.split))
 
 
-def read_lines(path: Path) -> list[str]:
-    """Lines of a text file without line endings; a final newline does not make an extra empty line."""
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
+def read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    """Lines of a text file without line endings; a final newline does not make an extra empty line.
+
+    Decoding is strict: a byte that is not valid in ``encoding`` is an error naming the file and line (upstream
+    decoding replaced it with U+FFFD, which silently changed captions and their tokens).
+
+    Raises:
+        DataError: an undecodable byte (file, line and byte are named).
+        ConfigError: ``encoding`` is not a codec Python knows.
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode(encoding)
+    except LookupError:
+        raise ConfigError(f"data.encoding: unknown encoding '{encoding}' (e.g. utf-8, latin-1, cp1252)") from None
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}, line {line}: byte 0x{data[e.start]:02x} is not valid {encoding} ({e.reason}); "
+                        f"fix that line, or set data.encoding to the file's encoding (e.g. data.encoding=latin-1)"
+                        ) from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -152,7 +169,7 @@ def missing_images(image_dir: Path, filenames: Sequence[str]) -> list[str]:
 
 
 def load_split(folder: str | Path, split: str, image_dir: str | Path | None = None, check_images: bool = True,
-               ext: str = "") -> PrecompSplit:
+               ext: str = "", encoding: str = "utf-8") -> PrecompSplit:
     """Read ``<folder>/<split>_caps.txt`` and ``<folder>/<split>_filename.txt``.
 
     Args:
@@ -161,21 +178,26 @@ def load_split(folder: str | Path, split: str, image_dir: str | Path | None = No
         image_dir: image folder (default ``<folder>/images``).
         check_images: verify up front that every image file exists.
         ext: extension appended to names that have none (e.g. ".tif").
+        encoding: text encoding of both files (``data.encoding``; decoding is strict, see :func:`read_lines`).
 
     Returns:
         The split with N unique images and M captions.
 
     Raises:
         FileNotFoundError: a missing text file, or missing images (first few names and the total are listed).
-        ValueError: line counts that fit no layout.
+        DataError (a ValueError): empty caption file, undecodable byte, line counts that fit no layout.
     """
     folder = Path(folder)
     caps_path, names_path = folder / f"{split}_caps.txt", folder / f"{split}_filename.txt"
     for p in (caps_path, names_path):
         if not p.is_file():
             raise MissingFileError(f"{p} not found (a precomp split needs {caps_path.name} and {names_path.name})")
-    captions = [c.strip() for c in read_lines(caps_path)]
-    names = [n.strip() for n in read_lines(names_path)]
+    captions = [c.strip() for c in read_lines(caps_path, encoding)]
+    names = [n.strip() for n in read_lines(names_path, encoding)]
+    if not any(captions):
+        listed = f"{names_path.name} lists {len(names)} name(s)" if any(names) else f"{names_path} is empty too"
+        raise DataError(f"{caps_path} holds no caption ({len(captions)} line(s), all empty; {listed}): split "
+                        f"'{split}' has no data; fill the caption files or check data.root / data.name")
     if ext:
         names = [n if Path(n).suffix else n + ext for n in names]
     filenames, txt2img = group_filenames(names, len(captions), names_path.name, caps_path.name)

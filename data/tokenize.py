@@ -33,6 +33,7 @@ import torch
 
 from core.config import ConfigError, DataCfg
 from core.errors import DataError, MissingFileError
+from core.files import RequiredFile
 from data.stopwords import ENGLISH_STOPWORDS
 
 PUNCTUATION = frozenset(", . : ; ? ( ) [ ] & ! * @ # $ %".split())  # METHODS.md A2, dropped before counting
@@ -193,7 +194,7 @@ class BertTokenizer(Tokenizer):
         path = Path(path)
         files = ("vocab.txt", "tokenizer.json")
         if not path.is_dir() or not any((path / f).is_file() for f in files):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"BERT tokenizer folder {path} (data.tokenizer_path) is missing or has neither vocab.txt (WordPiece "
                 "vocabulary, one token per line) nor tokenizer.json; save one with tokenizer.save_pretrained(DIR), "
                 "e.g. from bert-base-uncased")
@@ -288,6 +289,34 @@ def tokenizer_from_state(state: dict[str, Any]) -> Tokenizer:
     if kind == "clip":
         return ClipTokenizer(state.get("clip_model", "ViT-B-32"))
     raise ValueError(f"unknown tokenizer state kind {kind!r}")
+
+
+def _bert_tokenizer_files(path: str, key: str) -> list[RequiredFile]:
+    what = "WordPiece vocabulary of bert-base-uncased (vocab.txt, or tokenizer.json from save_pretrained)"
+    if not path:
+        return [RequiredFile(key, "", f"local BERT tokenizer folder: {what}")]
+    return [RequiredFile(key, str(Path(path) / "vocab.txt"), what, (str(Path(path) / "tokenizer.json"),))]
+
+
+def tokenizer_required_files(cfg: DataCfg) -> list[RequiredFile]:
+    """Files the tokenizer of ``cfg`` reads (checked with the model's before any data is loaded).
+
+    vocab: ``data.vocab`` when set (none when the vocabulary is built from the captions); bert: ``vocab.txt`` or
+    ``tokenizer.json`` in ``data.tokenizer_path``; clip: none (the BPE vocabulary ships with open_clip).
+    """
+    if cfg.tokenizer == "vocab" and cfg.vocab:
+        return [RequiredFile("data.vocab", cfg.vocab, 'word vocabulary JSON (word2idx/idx2word/idx); data.vocab="" '
+                                                      "builds one from the training captions")]
+    if cfg.tokenizer == "bert":
+        return _bert_tokenizer_files(cfg.tokenizer_path, "data.tokenizer_path")
+    return []
+
+
+def state_required_files(state: dict[str, Any]) -> list[RequiredFile]:
+    """Files :func:`tokenizer_from_state` reads for a saved tokenizer (a BERT folder; word lists are in the state)."""
+    if state.get("kind") == "bert":
+        return _bert_tokenizer_files(str(state.get("path", "")), "the checkpoint's tokenizer (data.tokenizer_path)")
+    return []
 
 
 def vocab_report(tokenizer: Tokenizer, train_captions: Sequence[str], test_captions: Sequence[str],

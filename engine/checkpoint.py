@@ -1,9 +1,11 @@
 """Self-describing, atomic checkpoints.
 
 A checkpoint is a dict with ``model optimizer scheduler scaler epoch step best_metric config tokenizer
-scene_names fold rng extra method version``. It is written to a temporary file in the same folder and renamed
-over the target, so a crash never leaves a half-written ``last.pth``/``best.pth``, and it is loaded with
-``weights_only=True`` (RNG states are stored as tensors and plain lists for that reason).
+scene_names fold rng extra method version``. ``last.pth`` holds all of it (a resume needs the optimizer, scheduler,
+scaler and RNG states); ``best.pth`` holds everything but those four (:func:`inference_state`), so it is much smaller
+for Adam-trained models: it is read by test.py and the final test, never resumed. Each is written to a temporary
+file in the same folder and renamed over the target, so a crash never leaves a half-written ``last.pth`` /
+``best.pth``, and loaded with ``weights_only=True`` (RNG states are stored as tensors and plain lists for that reason).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from core.errors import CheckpointError  # noqa: F401  (defined in core.errors; 
 
 VERSION = 1
 REQUIRED = ("model", "config", "epoch", "method", "version")
+TRAINING_ONLY = ("optimizer", "scheduler", "scaler", "rng")  # in last.pth only: what a resume needs besides weights
 
 
 def rng_state() -> dict[str, Any]:
@@ -42,6 +45,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def inference_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the keys only a resume reads (:data:`TRAINING_ONLY`): what ``best.pth`` holds."""
+    return {k: v for k, v in state.items() if k not in TRAINING_ONLY}
+
+
+def check_resumable(ckpt: dict[str, Any], last: str | Path) -> None:
+    """Raise a CheckpointError when ``ckpt`` lacks the training state a resume needs (a ``best.pth``).
+
+    Args:
+        ckpt: a loaded checkpoint.
+        last: the ``last.pth`` to suggest instead.
+    """
+    absent = [k for k in TRAINING_ONLY if k not in ckpt]
+    if absent:
+        raise CheckpointError(f"the checkpoint given to --resume holds no {'/'.join(absent)} state: a best.pth keeps "
+                              f"only the weights (for test.py); resume from {last}")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

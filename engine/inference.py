@@ -12,6 +12,7 @@ from data.tokenize import Tokenizer, tokenizer_from_state
 from data.transforms import build_transform
 from engine.checkpoint import load_checkpoint
 from core.config import Config
+from engine.preflight import check_run_files
 from engine.runner import config_for_rebuild, resolve_device
 from models.base import ModelContext, RetrievalModel
 from models.registry import build_model
@@ -64,6 +65,7 @@ def load_model_from_checkpoint(path: str | Path, device: str = "cpu") -> Loaded:
     """Rebuild the model of an rsitr checkpoint from its stored config and weights (no pretrained file is read)."""
     ckpt = load_checkpoint(path)
     cfg = config_for_rebuild(ckpt)
+    check_run_files(cfg, ckpt["tokenizer"])  # the saved tokenizer's folder (BERT), before anything is built
     tokenizer = tokenizer_from_state(ckpt["tokenizer"])
     ctx = ModelContext(vocab_words=list(tokenizer.words) if tokenizer.words else None, vocab_size=len(tokenizer),
                        scene_names=list(ckpt.get("scene_names", [])))

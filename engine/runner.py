@@ -16,10 +16,12 @@ from torch import nn
 
 from data.build import DataBundle, build_data, eval_loaders, model_context, train_loader
 from core import dist
-from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from engine.checkpoint import (check_resumable, inference_state, load_checkpoint, rng_state, save_checkpoint,
+                               set_rng_state, unwrap)
 from core.config import Config, config_from_dict, config_to_dict, save_config
 from core.errors import RunError  # noqa: F401  (defined in core.errors; importable from here as before)
 from engine.evaluate import evaluate, metrics_with_rerank
+from engine.preflight import check_run_files
 from core.logger import MetricWriter
 from engine.optim import build_optimizer, build_scheduler
 from engine.train_loop import train_one_epoch
@@ -149,6 +151,9 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
         ``{"fold", "best_epoch", "best_val", "test": test metrics}`` (test metrics on rank 0 only).
     """
     list_models()  # make sure every method is registered
+    if resume is not None:
+        check_resumable(resume, run_dir / "last.pth")
+    check_run_files(cfg, resume["tokenizer"] if resume else None)  # every missing file at once, before any data
     if MODELS.get(cfg.model.name).zero_shot and cfg.train.epochs:
         log.info("%s is evaluation-only: train.epochs set to 0", cfg.model.name)
         cfg = replace(cfg, train=replace(cfg.train, epochs=0))
@@ -205,7 +210,7 @@ def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWri
         improved, best_epoch = True, epoch  # no validation split: the last epoch is the one kept
     state = checkpoint_state(cfg, parts, model, epoch, step, best, best_epoch, fold)
     if improved:
-        save_checkpoint(run_dir / "best.pth", state)
+        save_checkpoint(run_dir / "best.pth", inference_state(state))  # weights only: never resumed
     save_checkpoint(run_dir / "last.pth", state)
     writer.write(step, row, epoch=epoch)
     val = f"val {cfg.eval.select_metric} {row.get('val/' + cfg.eval.select_metric, float('nan')):.2f}"

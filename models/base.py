@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.files import RequiredFile
 from core.context import ModelContext  # noqa: F401  (the data -> model contract type; importable from here)
 
 
@@ -76,6 +77,15 @@ class RetrievalModel(nn.Module):
             set of upstream keys that went into it. Keys not in ``used`` are reported as unplaced.
         """
         raise NotImplementedError(f"{type(self).__name__} has no upstream checkpoint mapping")
+
+    @classmethod
+    def required_files(cls, cfg: Any, params: Any) -> list[RequiredFile]:
+        """Every file this method reads when built from ``cfg`` (``ModelCfg``) and its parsed ``params``.
+
+        Checked all at once, before any data is loaded (``models.registry.model_required_files``). With
+        ``cfg.pretrained`` false a method must need no pretrained file. Default: none.
+        """
+        return []
 
     def on_train_step_start(self) -> None:
         """Hook called before every optimisation step (momentum encoders update here)."""

@@ -38,7 +38,8 @@ from open_clip.model import CLIP
 
 from core.config import ConfigError, ModelCfg
 from models.base import ModelContext, RetrievalModel
-from models.encoders.clip import arch_embed_dim, build_clip
+from core.files import RequiredFile
+from models.encoders.clip import arch_embed_dim, build_clip, clip_required_files
 from models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class ClipFinetune(RetrievalModel):
 
     Params: ClassVar[type] = ClipParams
     zero_shot: ClassVar[bool] = False
+
+    @classmethod
+    def required_files(cls, cfg: ModelCfg, params: ClipParams) -> list[RequiredFile]:
+        """The CLIP weights file (pretrained only)."""
+        return clip_required_files(params.weights, params.arch, f"CLIP {params.arch} weights") if cfg.pretrained else []
 
     def __init__(self, cfg: ModelCfg, params: ClipParams, ctx: ModelContext) -> None:
         super().__init__()

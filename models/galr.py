@@ -55,7 +55,8 @@ from typing import Any, Mapping
 import torch
 
 from core.config import ConfigError, ModelCfg
-from models.amfmn import AMFMNParams, check_assets, text_tower
+from core.files import RequiredFile
+from models.amfmn import AMFMNParams, amfmn_required_files, check_assets, text_tower
 from models.base import ModelContext, RetrievalModel
 from models.encoders.galr_local import GCN, BackboneRegions, LocalFeatureBank
 from models.encoders.midf import MIDF, upstream_to_own
@@ -86,6 +87,15 @@ class GaLR(RetrievalModel):
     """GaLR (module docstring). ``encode_image`` needs ``images`` and, for ``local_source: npy``, ``filenames``."""
 
     Params = GaLRParams
+
+    @classmethod
+    def required_files(cls, cfg: ModelCfg, params: GaLRParams) -> list[RequiredFile]:
+        """AMFMN's files and, for ``local_source: npy``, the DREA local features (pretrained only)."""
+        needs = amfmn_required_files(cfg, params)
+        if cfg.pretrained and params.local_source == "npy" and params.local_path:
+            needs.append(RequiredFile("model.params.local_path", params.local_path,
+                                      "GaLR DREA local features .npy; or set model.params.local_source=backbone"))
+        return needs
 
     def __init__(self, cfg: ModelCfg, params: GaLRParams, ctx: ModelContext) -> None:
         super().__init__()

@@ -7,7 +7,8 @@ the word. Only the requested words are parsed, so reading the 5.6 GB 840B file c
 
 Word lookup follows SWAN's upstream (torchtext ``GloVe()`` = 840B, 300-d, case-sensitive): a vocabulary word that is
 not found is retried once with ``-``, ``.`` and ``'`` removed and, if it contains ``/``, only its part before the
-first ``/``. Rows of words that are still missing keep their random initialisation.
+first ``/``. Rows of words that are still missing keep their random initialisation. A file that holds none of the
+vocabulary's words (empty, or not GloVe) is an error (models/encoders/pretrained.py).
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import logging
 from pathlib import Path
 
 import torch
+
+from core.files import RequiredFile
+from models.encoders.pretrained import check_coverage
 
 log = logging.getLogger(__name__)
 
@@ -73,4 +77,14 @@ def init_embedding_from_glove(weight: torch.Tensor, vocab_words: list[str], path
                 weight[i] = vec.to(weight.dtype)
                 hits += 1
     log.info("GloVe %s: %d/%d vocabulary words found", path, hits, len(vocab_words))
+    # words, not tensors: a real GloVe file finds most words, but a small vocabulary test file may find few, so the
+    # rule here is "at least one word" (an empty or foreign file finds none)
+    check_coverage(path, hits, len(vocab_words), f"the {dim}-d word embedding (GloVe vectors of the vocabulary words)",
+                   "model.params.glove_path", min_share=0.0)
     return hits, len(vocab_words)
+
+
+def glove_required_files(path: str, key: str = "model.params.glove_path") -> list[RequiredFile]:
+    """The GloVe text file a pretrained word embedding reads (none when ``path`` is "")."""
+    return [RequiredFile(key, path, "GloVe 840B 300-d vectors (text file glove.840B.300d.txt); or set "
+                                    f"{key}='' for random word embeddings")] if path else []

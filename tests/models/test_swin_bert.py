@@ -80,3 +80,96 @@ def test_tokenizer_larger_than_bert_vocab_is_rejected():
     cfg = load_config("configs/tests/tiny_pir.yaml", ["model.params.bert_vocab_size=10"])
     with pytest.raises(ValueError, match="50 ids"):
         build_model(cfg.model, CTX)
+
+
+# ------------------------------------------------------------------------------------- coverage of pretrained files
+def test_coverage_threshold_is_ninety_percent(caplog):
+    from core.errors import DataError
+    from models.encoders.pretrained import MIN_SHARE, check_coverage
+
+    assert MIN_SHARE == 0.9
+    with pytest.raises(DataError, match=r"w.pth \(model.params.x\) fills only 89 of 100 weight tensors of T"):
+        check_coverage("w.pth", 89, 100, "T", "model.params.x")
+    with pytest.raises(DataError, match="fills only 0 of 3"):
+        check_coverage("w.pth", 0, 3, "T", min_share=0.0)  # "at least one"
+    check_coverage("w.pth", 1, 3, "T", min_share=0.0)
+    check_coverage("w.pth", 90, 100, "T", missing=["a.weight"])
+    assert "10 of 100 weight tensors of T stay at init (a.weight, ...)" in caplog.text
+
+
+def test_load_matching_counts_float_tensors_by_name_and_shape():
+    from core.errors import DataError
+    from models.encoders.pretrained import load_matching, weight_keys
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    own = net.state_dict()
+    assert "1.num_batches_tracked" in own and "1.num_batches_tracked" not in weight_keys(own)  # 6 weight tensors
+    good = {k: torch.ones_like(v) for k, v in own.items() if k != "1.num_batches_tracked"}
+    assert load_matching(net, {**good, "extra": torch.zeros(1)}, "f.pth", "net") == ["extra"]
+    assert torch.equal(net[0].weight, torch.ones(4, 4))
+    wrong_shape = dict(good, **{"0.weight": torch.zeros(3, 4)})  # 5 of 6 = 83% < 90%
+    with pytest.raises(DataError, match="fills only 5 of 6"):
+        load_matching(net, wrong_shape, "f.pth", "net")
+
+
+def test_empty_or_foreign_swin_file_is_an_error(assets, tmp_path):
+    from core.errors import DataError
+
+    d, swin, _, _ = assets
+    n = len([k for k, v in swin.state_dict().items() if v.is_floating_point()])
+    torch.save({}, tmp_path / "empty.pth")
+    with pytest.raises(DataError, match=rf"empty.pth \(model.params.swin_weights\) fills only 0 of {n} weight tensors"):
+        build_swin(True, str(tmp_path / "empty.pth"), **SWIN)
+    other = build_swin(False, **dict(SWIN, embed_dim=24, heads=(2, 4)))  # same names, other shapes
+    torch.save(other.state_dict(), tmp_path / "other.pth")
+    with pytest.raises(DataError, match="fills only"):
+        build_swin(True, str(tmp_path / "other.pth"), **SWIN)
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(DataError, match=r"cannot read .*junk.pth \(model.params.swin_weights\)"):
+        build_swin(True, str(tmp_path / "junk.pth"), **SWIN)
+    loaded = build_swin(True, str(d / "swin_ms.pth"), **SWIN)  # the Microsoft layout with its head still loads
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in swin.state_dict().items())
+
+
+def test_empty_bert_weights_are_an_error(assets, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from core.errors import DataError
+
+    d = tmp_path / "bert"
+    shutil.copytree(assets[0] / "bert", d)
+    save_file({}, str(d / "model.safetensors"))
+    with pytest.raises(DataError, match=r"bert \(model.params.bert_path\) fills only 0 of \d+ weight tensors"):
+        build_bert(True, str(d))
+
+
+def test_empty_resnet_clip_skipthought_glove_files_are_errors(tmp_path):
+    import numpy as np
+
+    from core.errors import DataError
+    from models.encoders.clip import build_clip
+    from models.encoders.glove import init_embedding_from_glove
+    from models.encoders.skipthoughts import UniSkip
+
+    torch.save({}, tmp_path / "empty.pth")
+    # ResNet-18 trunk: 20 convolutions + 20 BatchNorms x (weight, bias, running mean, running var); fc not required
+    with pytest.raises(DataError, match=r"empty.pth \(model.params.resnet_weights\) fills only 0 of 100 "):
+        build_resnet("resnet18", True, str(tmp_path / "empty.pth"), "ResNet-18 (model.params.resnet_weights)")
+    resnet = build_resnet("resnet18", False)
+    torch.save({k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}, tmp_path / "nofc.pth")
+    build_resnet("resnet18", True, str(tmp_path / "nofc.pth"))  # no classifier in the file: fine
+    with pytest.raises(DataError, match=r"empty.pth \(model.params.weights\) fills only 0 of \d+ weight tensors of "
+                                        "the CLIP model"):
+        build_clip("rsitr-tiny", True, str(tmp_path / "empty.pth"))
+    st = tmp_path / "st"
+    st.mkdir()
+    (st / "dictionary.txt").write_text("UNK\na\n")
+    np.save(st / "utable.npy", np.zeros((2, 4), np.float32))
+    np.savez(st / "uni_skip.npz", other=np.zeros(1))
+    with pytest.raises(DataError, match=r"uni_skip.npz \(model.params.skipthought_dir\) fills only 0 of 6"):
+        UniSkip(["a"], dim_word=4, dim_hidden=3, skipthought_dir=str(st), pretrained=True)
+    (tmp_path / "g.txt").write_text("zebra 1 2 3\n")
+    with pytest.raises(DataError, match=r"g.txt \(model.params.glove_path\) fills only 0 of 2"):
+        init_embedding_from_glove(torch.zeros(3, 3), ["river", "plane"], tmp_path / "g.txt")
