@@ -95,15 +95,21 @@ async function run(url, options) {
   }
 }
 
-$("text-form").addEventListener("submit", (ev) => {
-  ev.preventDefault();
+function textSearch() {
   const q = $("q").value.trim();
   if (!q) {
     $("grid").dataset.state = "error";
     message("empty query: type a sentence describing the images you look for");
     return;
   }
-  run(`/api/text?q=${encodeURIComponent(q)}&k=${topk()}`);
+  const params = new URLSearchParams({ q: q, k: String(topk()) });
+  history.replaceState(null, "", `?${params}`);  // the address of this search can be shared or bookmarked
+  run(`/api/text?${params}`);
+}
+
+$("text-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  textSearch();
 });
 
 $("upload").addEventListener("change", () => {
@@ -116,3 +122,9 @@ $("upload").addEventListener("change", () => {
 });
 
 call("/api/info").then(showFacts).catch((e) => message(e.message));
+const start = new URLSearchParams(location.search);  // /?q=...&k=... runs that search on load
+if (start.get("k")) $("k").value = start.get("k");
+if (start.get("q")) {
+  $("q").value = start.get("q");
+  textSearch();
+}

@@ -7,6 +7,7 @@ image first and the captions ranked as the library ranks them, and put error mes
 """
 import shutil
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -63,6 +64,7 @@ def page(demo, browser):
     with running(create_app(demo[0])) as url:
         browser.get(url + "/")
         WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#facts dd"))
+        browser.base = url
         yield browser
 
 
@@ -162,3 +164,17 @@ def test_errors_are_messages_in_the_page(page):
     page.find_element(By.ID, "go").click()
     assert wait_message(page) == "the query has no words: type a sentence describing the images you look for"
     assert "Traceback" not in page.page_source
+
+
+def test_search_address_runs_on_load(page, demo):
+    """A search's address (?q=...&k=...) can be shared: loading it runs the same search."""
+    from selenium.webdriver.common.by import By
+
+    searcher, _, _, caps = demo
+    page.get(f"{page.base}/?{urlencode({'q': caps[42], 'k': 4})}")
+    assert wait_results(page, 1) == [h.file for h in searcher.text(caps[42], 4)]
+    page.find_element(By.ID, "q").clear()
+    page.find_element(By.ID, "q").send_keys(caps[3])
+    page.find_element(By.ID, "go").click()
+    assert wait_results(page, 2) == [h.file for h in searcher.text(caps[3], 4)]
+    assert parse_qs(urlsplit(page.current_url).query) == {"q": [caps[3]], "k": ["4"]}
