@@ -357,7 +357,8 @@ def table(res: dict[str, Any]) -> str:
 def pack_ucm(src: Path, dest: Path, quality: int = 85) -> Path:
     """Copy the UCM set to ``dest/ucm`` with images re-encoded as JPEG ``quality`` (about 36 MiB at 85, to carry).
 
-    Text files are copied as they are; images keep their names and sizes. Refuses to write into an existing folder.
+    Text files are copied as they are (and the upstream vocabulary ``<src>/../vocab/ucm_splits_vocab.json`` to
+    ``dest/vocab/`` when it exists); images keep their names and sizes. Refuses to write into an existing folder.
     """
     from PIL import Image
 
@@ -367,6 +368,10 @@ def pack_ucm(src: Path, dest: Path, quality: int = 85) -> Path:
     (out / "images").mkdir(parents=True)
     for f in (src / "ucm_precomp").glob("*.txt"):
         (out / f.name).write_bytes(f.read_bytes())
+    vocab = src.parent / "vocab" / "ucm_splits_vocab.json"
+    if vocab.is_file():
+        (dest / "vocab").mkdir(exist_ok=True)
+        (dest / "vocab" / vocab.name).write_bytes(vocab.read_bytes())
     for img in sorted((src / "ucm_precomp" / "images").iterdir()):
         with Image.open(img) as im:
             im.convert("RGB").save(out / "images" / img.name, "JPEG", quality=quality)

@@ -98,6 +98,8 @@ def test_find_and_pack_ucm(tmp_path, monkeypatch, capsys):
     (src / "images").mkdir(parents=True)
     for f in ("train_caps.txt", "train_filename.txt", "test_caps.txt", "test_filename.txt"):
         (src / f).write_text(f"{f}\n")
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab" / "ucm_splits_vocab.json").write_text('{"word2idx": {}}')
     for i, size in enumerate([(256, 256), (247, 256)]):
         Image.new("RGB", size, (10 * i, 100, 200)).save(src / "images" / f"{i + 1}.jpg", quality=95)
     monkeypatch.setenv("RSITR_UCM_DIR", str(tmp_path / "ucm"))
@@ -106,6 +108,7 @@ def test_find_and_pack_ucm(tmp_path, monkeypatch, capsys):
     assert gpu_check.main(["--pack-ucm", str(tmp_path / "packed")]) == 0
     out = tmp_path / "packed" / "ucm" / "ucm_precomp"
     assert (out / "test_caps.txt").read_text() == "test_caps.txt\n"
+    assert (tmp_path / "packed" / "vocab" / "ucm_splits_vocab.json").read_text() == '{"word2idx": {}}'
     with Image.open(out / "images" / "2.jpg") as im:
         assert im.format == "JPEG" and im.size == (247, 256)
     assert gpu_check.main(["--pack-ucm", str(tmp_path / "packed")]) == 2  # never overwrites
