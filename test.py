@@ -26,8 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key (with a checkpoint: test-time keys only, see above)")
     p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--rerank", default=None, choices=["none", "galr", "galr_unweighted"],
-                   help="rerank (default: eval.rerank of the config)")
+    p.add_argument("--rerank", default=None, metavar="NAME",
+                   help="a reranker of engine/rerank.py, or none (default: eval.rerank of the config)")
     p.add_argument("--json", help="write the metrics as JSON")
     p.add_argument("--save-sims", help="save the similarity matrix (.npy, images x captions)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: auto)")

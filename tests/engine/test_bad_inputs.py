@@ -249,3 +249,8 @@ def test_help_and_config_errors_import_no_torch(argv):
     r = run_py(code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] in ("exit 0", "exit 2")
+
+
+def test_unknown_rerank_name_is_bad_input(caplog, tiny_vse_run):
+    assert test_entry.main(["--resume", str(tiny_vse_run / "best.pth"), "--rerank", "galrr"]) == 2
+    assert "unknown rerank 'galrr'; known: galr, galr_unweighted, none" in error_text(caplog)
