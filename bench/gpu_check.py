@@ -36,7 +36,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -239,18 +239,20 @@ def measure_method(method: str, args, ucm: Path | None, device: torch.device) ->
     return row
 
 
-def run_throughput(args, methods: list[str], ucm: Path | None, device: torch.device, deadline: float) -> dict:
-    rows = []
+def run_throughput(args, methods: list[str], ucm: Path | None, device: torch.device, deadline: float,
+                   part: dict[str, Any], save: Callable[[], None]) -> None:
+    """Fill ``part`` with one row per method (saved after each row, so a killed run keeps what it measured)."""
+    part.update(data=str(ucm) if ucm else "demo (generated)", workers=args.workers, rows=[])
     for m in methods:
         if time.perf_counter() > deadline:
-            rows.append({"method": m, "error": "skipped: time budget spent"})
+            part["rows"].append({"method": m, "error": "skipped: time budget spent"})
             continue
         try:
-            rows.append(measure_method(m, args, ucm, device))
+            part["rows"].append(measure_method(m, args, ucm, device))
         except Exception as e:  # noqa: BLE001 - one method's failure (OOM, ...) must not stop the check
-            rows.append({"method": m, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+            part["rows"].append({"method": m, "error": f"{type(e).__name__}: {(str(e) or '-').splitlines()[0][:300]}"})
             reset_peak(device)
-    return {"data": str(ucm) if ucm else "demo (generated)", "workers": args.workers, "rows": rows}
+        save()
 
 
 # ------------------------------------------------------------------------------------------------------ 3. UCM
@@ -293,10 +295,14 @@ def train_ucm(name: str, args, ucm: Path, device: torch.device, out_dir: Path) -
             "wall_s": time.perf_counter() - t0}
 
 
-def run_ucm(args, ucm: Path | None, device: torch.device, deadline: float) -> dict[str, Any]:
+def run_ucm(args, ucm: Path | None, device: torch.device, deadline: float, part: dict[str, Any],
+            save: Callable[[], None]) -> None:
+    """Fill ``part`` with one UCM run per config while the budget lasts (saved after each run)."""
     if ucm is None:
-        return {"data": None, "runs": [], "note": "UCM folder not found (see --ucm)"}
-    runs, last = [], 0.0
+        part.update(data=None, runs=[], note="UCM folder not found (see --ucm)")
+        return
+    part.update(data=str(ucm), runs=[])
+    runs, last = part["runs"], 0.0
     with tempfile.TemporaryDirectory(prefix="rsitr_gpu_check_") as tmp:
         for name in args.ucm_configs:
             left = deadline - time.perf_counter()
@@ -307,9 +313,10 @@ def run_ucm(args, ucm: Path | None, device: torch.device, deadline: float) -> di
             try:
                 runs.append(train_ucm(name, args, ucm, device, Path(tmp)))
             except Exception as e:  # noqa: BLE001 - record and go on with the next config
-                runs.append({"config": f"{name}.yaml", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+                why = (str(e) or "-").splitlines()[0][:300]
+                runs.append({"config": f"{name}.yaml", "error": f"{type(e).__name__}: {why}"})
             last = time.perf_counter() - t0
-    return {"data": str(ucm), "runs": runs}
+            save()
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -450,19 +457,25 @@ def main(argv: list[str] | None = None) -> int:
     list_models()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or all_methods(args.dry_run)
     ucm = find_ucm(args.ucm)
-    res: dict[str, Any] = {"version": 1, "dry_run": args.dry_run, "environment": environment(device),
-                           "budget_s": args.budget_s}
+    res: dict[str, Any] = {"version": 1, "dry_run": args.dry_run, "complete": False,
+                           "environment": environment(device), "budget_s": args.budget_s}
+
+    def save() -> None:  # after every part and row: a run stopped at its time limit keeps what it measured
+        res["wall_s"] = time.perf_counter() - t0
+        (out / "gpu_check.json").write_text(json.dumps(res, indent=2))
+        (out / "gpu_check.md").write_text(table(res) + "\n")
+
+    save()
     if "tests" in args.parts:  # at most 40 % of the budget
         res["tests"] = run_tests(out, args.dry_run, timeout=0.4 * args.budget_s)
+        save()
     if "throughput" in args.parts:  # until 70 % of the budget has passed
-        res["throughput"] = run_throughput(args, methods, ucm, device, t0 + 0.7 * args.budget_s)
+        run_throughput(args, methods, ucm, device, t0 + 0.7 * args.budget_s, res.setdefault("throughput", {}), save)
     if "ucm" in args.parts:
-        res["ucm"] = run_ucm(args, ucm, device, deadline)
-    res["wall_s"] = time.perf_counter() - t0
-    md = table(res)
-    print(md)
-    (out / "gpu_check.md").write_text(md + "\n")
-    (out / "gpu_check.json").write_text(json.dumps(res, indent=2))
+        run_ucm(args, ucm, device, deadline, res.setdefault("ucm", {}), save)
+    res["complete"] = True
+    save()
+    print(table(res))
     print(f"\nwrote {out / 'gpu_check.json'} ({res['wall_s']:.0f} s)")
     return 0
 
