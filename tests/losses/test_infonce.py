@@ -39,17 +39,21 @@ def test_multi_positive_targets_and_eps():
            -(1 - math.log(math.e + 2))]
     expected = 0.5 * (sum(i2t) / 3 + sum(t2i) / 3)
     assert info_nce(v, t, 1.0, ids).item() == pytest.approx(expected, abs=1e-6)
-    # eps 0.1: row targets (pos + 0.1) / sum, e.g. image 2: [0.1, 0.1, 1.1] / 1.3
+    # eps 0.1 (module docstring: y = (1[same image] + eps) normalised per row; t2i reads the columns of y).
+    # Row sums of 1[same] + 0.1: images 0, 1: 2.3; image 2: 1.3. From the logit rows and columns above:
     eps = 0.1
-    lp_row2 = [0 - math.log(2 * math.e + 1), 1 - math.log(2 * math.e + 1), 1 - math.log(2 * math.e + 1)]
-    y_row2 = [0.1 / 1.3, 0.1 / 1.3, 1.1 / 1.3]
-    row2 = -sum(a * b for a, b in zip(y_row2, lp_row2))
-    pos = (ids[:, None] == ids[None]).float() + eps
-    y = pos / pos.sum(1, keepdim=True)
-    logits = v @ t.t()
-    ref = 0.5 * (-(logits.log_softmax(1) * y).sum(1).mean() - (logits.t().log_softmax(1) * y.t()).sum(1).mean())
-    assert -(logits.log_softmax(1)[2] * y[2]).sum().item() == pytest.approx(row2, abs=1e-6)
-    assert info_nce(v, t, 1.0, ids, eps=eps).item() == pytest.approx(ref.item(), abs=1e-6)
+
+    def ce(logit_row, y):  # cross-entropy with soft target y, written out
+        z = math.log(sum(math.exp(x) for x in logit_row))
+        return -sum(yi * (x - z) for yi, x in zip(y, logit_row))
+
+    i2t = [ce([1, 0, 0], [1.1 / 2.3, 1.1 / 2.3, 0.1 / 2.3])] * 2 + [ce([0, 1, 1], [0.1 / 1.3, 0.1 / 1.3, 1.1 / 1.3])]
+    t2i = [ce([1, 1, 0], [1.1 / 2.3, 1.1 / 2.3, 0.1 / 1.3]), ce([0, 0, 1], [1.1 / 2.3, 1.1 / 2.3, 0.1 / 1.3]),
+           ce([0, 0, 1], [0.1 / 2.3, 0.1 / 2.3, 1.1 / 1.3])]
+    expected = 0.5 * (sum(i2t) / 3 + sum(t2i) / 3)
+    assert info_nce(v, t, 1.0, ids, eps=eps).item() == pytest.approx(expected, abs=1e-6)
+    # eps moves the loss (a loss that ignored it would still pass the eps=0 case above)
+    assert info_nce(v, t, 1.0, ids, eps=eps).item() != pytest.approx(info_nce(v, t, 1.0, ids).item(), abs=1e-3)
 
 
 def test_registered_loss_reads_model_temperature_and_normalises():

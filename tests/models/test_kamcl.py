@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from core.config import load_config
 from losses import build_criterion
@@ -69,23 +69,45 @@ def test_tiny_forward_backward_and_loss_terms(tags) -> None:
     assert all(p.grad is None for n, p in named.items() if n.startswith(("visual_k.", "text_k.")))
 
 
-def test_moco_logits_and_enqueue_after_logits(tags) -> None:
+class _Fixed(nn.Module):
+    """An encoder stand-in that returns fixed embeddings (and zero concepts)."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, *args):
+        return self.out, torch.zeros_like(self.out)
+
+
+def test_moco_logits_then_enqueue_hand_computed(tags) -> None:
+    """Queries v_q = [3 e0, 4 e1], t_q = [e1, e0 + e1]; keys v_k = [e0, e2], t_k = [e0, e1]; queue_tx starts with
+    columns [e1, e0], queue_im with [e1, e2], every other column e3 (orthogonal to all). By hand, with T = 0.07:
+    logits_img = [[1 | 0, 1, 0...], [1 | 1, 0, 0...]] / T, logits_txt = [[0 | 1, 0, 0...], [0 | 1/sqrt2, 0, 0...]] / T;
+    then the keys are enqueued at the pointer (had the logits read the queue after that, rows 0 and 1 of
+    logits_img would be swapped)."""
     _, model = _build(tags)
     model.train()
-    q_tx, q_im = model.queue_tx.clone(), model.queue_im.clone()
-    batch = _batch()
-    torch.manual_seed(5)
-    out = model(batch)
-    # recompute the keys with the same dropout draws: key encoders run after the queries in forward
-    vq, tq = F.normalize(out["img_emb"], dim=-1), F.normalize(out["txt_emb"], dim=-1)
-    vk, tk = model.queue_im[:, :4].t(), model.queue_tx[:, :4].t()  # the keys that were just enqueued
-    expect = torch.cat([(vq * tk).sum(-1, keepdim=True), vq @ q_tx], 1) / 0.07
-    torch.testing.assert_close(out["logits_img"], expect.detach(), rtol=1e-4, atol=1e-4)
-    expect_t = torch.cat([(tq * vk).sum(-1, keepdim=True), tq @ q_im], 1) / 0.07
-    torch.testing.assert_close(out["logits_txt"], expect_t.detach(), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(model.queue_im[:, 4:], q_im[:, 4:])  # only the first 4 slots changed
-    torch.testing.assert_close(vk.norm(dim=-1), torch.ones(4))
-    assert int(model.queue_ptr_im) == 4 and int(model.queue_ptr_tx) == 4
+    e = torch.eye(512)
+    model.visual_q, model.visual_k = _Fixed(torch.stack([3 * e[0], 4 * e[1]])), _Fixed(torch.stack([e[0], e[2]]))
+    model.text_q, model.text_k = _Fixed(torch.stack([e[1], e[0] + e[1]])), _Fixed(torch.stack([e[0], e[1]]))
+    with torch.no_grad():
+        model.queue_tx.copy_(e[3][:, None].expand(512, 256))
+        model.queue_im.copy_(e[3][:, None].expand(512, 256))
+        model.queue_tx[:, 0], model.queue_tx[:, 1] = e[1], e[0]
+        model.queue_im[:, 0], model.queue_im[:, 1] = e[1], e[2]
+    out = model(_batch(2))
+    want_img, want_txt = torch.zeros(2, 257), torch.zeros(2, 257)
+    want_img[0, [0, 2]] = 1.0
+    want_img[1, [0, 1]] = 1.0
+    want_txt[0, 1] = 1.0
+    want_txt[1, 1] = 2 ** -0.5
+    torch.testing.assert_close(out["logits_img"], want_img / 0.07)
+    torch.testing.assert_close(out["logits_txt"], want_txt / 0.07)
+    torch.testing.assert_close(model.queue_im[:, :2], torch.stack([e[0], e[2]], 1))
+    torch.testing.assert_close(model.queue_tx[:, :2], torch.stack([e[0], e[1]], 1))
+    torch.testing.assert_close(model.queue_im[:, 2:], e[3][:, None].expand(512, 254))  # only 2 slots written
+    assert int(model.queue_ptr_im) == 2 and int(model.queue_ptr_tx) == 2
 
 
 def test_eval_forward_leaves_the_queues_alone(tags) -> None:
