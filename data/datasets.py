@@ -38,6 +38,8 @@ class _Images:
 
     def __call__(self, i: int) -> torch.Tensor:
         if self.cache is not None:
+            if not self.transform.random:  # the rest is the tensor conversion only: skip the PIL round trip
+                return self.transform.rest(self.cache.tensor(i))
             return self.transform.rest(self.cache[i])
         return self.transform(load_image(self.split.image_path(i)))
 
@@ -98,18 +100,21 @@ class CaptionTrainDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, j = key if isinstance(key, tuple) else (0, key)
         i = self.split.txt2img[j]
-        s = item_seed(self.seed, epoch, j)
-        # augmentation draws from torch's global CPU generator: seed it for this item and restore it afterwards
-        # (generator-level calls: torch.manual_seed would also touch every accelerator, ~50x slower)
-        state = torch.get_rng_state()
-        try:
-            torch.default_generator.manual_seed(s)
+        if not getattr(self.transform, "random", True):  # nothing to seed (plain, clip): same image, less work
             image = self.images(i)
-        finally:
-            torch.set_rng_state(state)
+        else:
+            # augmentation draws from torch's global CPU generator: seed it for this item and restore it afterwards
+            # (generator-level calls: torch.manual_seed would also touch every accelerator, ~50x slower)
+            state = torch.get_rng_state()
+            try:
+                torch.default_generator.manual_seed(item_seed(self.seed, epoch, j))
+                image = self.images(i)
+            finally:
+                torch.set_rng_state(state)
         if self.ids_cache is not None:
             ids = self.ids_cache[j]
         else:
+            s = item_seed(self.seed, epoch, j)
             ids = self.tokenizer.encode(delete_words(self.split.captions[j], self.word_deletion,
                                                      np.random.default_rng(s)))
         return {"image": image, "ids": ids, "filename": self.split.filenames[i], "img_id": i, "cap_id": j,
@@ -145,6 +150,17 @@ class CaptionDataset(Dataset):
         return {"ids": self.ids[j], "cap_id": j, "img_id": self.split.txt2img[j]}
 
 
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` that, inside a loader worker, writes straight into shared memory (as torch's default_collate
+    does): the batch then reaches the main process without a second copy."""
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        first = images[0]
+        storage = first._typed_storage()._new_shared(len(images) * first.numel(), device=first.device)
+        out = first.new(storage).resize_(len(images), *first.shape)
+    return torch.stack(images, out=out)
+
+
 def _long(items: list[dict], key: str) -> torch.Tensor:
     return torch.tensor([it[key] for it in items], dtype=torch.long)
 
@@ -157,7 +173,7 @@ class TrainCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         batch = self.tokenizer.collate([it["ids"] for it in items])
-        batch.update(images=torch.stack([it["image"] for it in items]), filenames=[it["filename"] for it in items],
+        batch.update(images=stack_images([it["image"] for it in items]), filenames=[it["filename"] for it in items],
                      img_ids=_long(items, "img_id"), cap_ids=_long(items, "cap_id"),
                      scene_ids=_long(items, "scene_id"),
                      cap_weight=torch.tensor([it["cap_weight"] for it in items], dtype=torch.float32))
@@ -166,7 +182,7 @@ class TrainCollate:
 
 def image_collate(items: list[dict]) -> dict:
     """Batch of the evaluation image loader: ``images filenames img_ids scene_ids``."""
-    return {"images": torch.stack([it["image"] for it in items]), "filenames": [it["filename"] for it in items],
+    return {"images": stack_images([it["image"] for it in items]), "filenames": [it["filename"] for it in items],
             "img_ids": _long(items, "img_id"), "scene_ids": _long(items, "scene_id")}
 
 

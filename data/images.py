@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from core.errors import DataError
@@ -141,7 +142,7 @@ def _fill(paths: Sequence[Path], prefix: Callable | None, key: str,
         except (OSError, ValueError, SyntaxError) as e:
             errors.append((paths[i], _reason(e)))
             return
-        arr = np.asarray(prefix(img) if prefix is not None else img, dtype=np.uint8)
+        arr = np.array(prefix(img) if prefix is not None else img, dtype=np.uint8)  # writable: torch views it
         _store(keys[i], arr)
         pixels[i] = arr
 
@@ -196,6 +197,10 @@ class PixelCache:
         """Image ``i`` as the prefix left it (an RGB PIL image sharing the cached pixels, read-only)."""
         return Image.fromarray(self.pixels[i])
 
+    def tensor(self, i: int) -> torch.Tensor:
+        """Image ``i`` as a uint8 tensor [3, H, W] viewing the cached pixels (never write to it)."""
+        return torch.from_numpy(self.pixels[i]).permute(2, 0, 1)
+
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.pixels)
@@ -208,7 +213,6 @@ _memo_bytes = 0
 
 def _store(key: tuple, arr: np.ndarray) -> None:
     global _memo_bytes
-    arr.setflags(write=False)
     with _MEMO_LOCK:
         _MEMO[key] = arr
         _memo_bytes += arr.nbytes

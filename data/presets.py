@@ -6,16 +6,19 @@ GaLR ``*_precomp`` layout (METHODS.md A1) for every preset. ``data.dataset: prec
 ``data.root/<data.name>_precomp``" with the default image folder ``images``.
 
 Image folders are not part of the upstream releases (they are distributed through cloud drives); put or link the
-images of a benchmark into ``<root>/<stem>_precomp/images/`` or set ``data.image_dir``.
+images of a benchmark into ``<root>/<stem>_precomp/images/`` or set ``data.image_dir``. UCM's image folder can be
+made from the UC Merced LandUse classification set with ``prepare_ucm`` (``scripts/prepare_ucm.py``).
 """
 from __future__ import annotations
 
+import filecmp
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import ConfigError, DataCfg
 from core.registry import Registry
-from core.errors import MissingFileError
+from core.errors import DataError, MissingFileError
 
 DATASETS = Registry("dataset")
 
@@ -94,3 +97,62 @@ def resolve_folders(cfg: DataCfg) -> tuple[Path, Path]:
         )
     image_dir = Path(preset.image_dir)
     return folder, image_dir if image_dir.is_absolute() else folder / image_dir
+
+
+# ------------------------------------------------------------------------------------------ UCM image folder
+UCM_CLASSES = ("agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral", "denseresidential",
+               "forest", "freeway", "golfcourse", "harbor", "intersection", "mediumresidential", "mobilehomepark",
+               "overpass", "parkinglot", "river", "runway", "sparseresidential", "storagetanks", "tenniscourt")
+UCM_IMAGES = 2100
+
+
+def ucm_source(n: int) -> tuple[str, str]:
+    """(class folder, file name) in UC Merced LandUse of UCM-Captions image ``n.tif`` (1..2100).
+
+    Class (n-1)//100 in alphabetical order, index (n-1)%100; agricultural is shifted by one (1.tif is
+    agricultural01.tif ... 99.tif agricultural99.tif, 100.tif agricultural00.tif).
+    """
+    if not 1 <= n <= UCM_IMAGES:
+        raise ValueError(f"UCM-Captions images are numbered 1..{UCM_IMAGES}, got {n}")
+    cls = UCM_CLASSES[(n - 1) // 100]
+    k = n % 100 if cls == "agricultural" else (n - 1) % 100
+    return cls, f"{cls}{k:02d}.tif"
+
+
+def prepare_ucm(source: str | Path, out: str | Path) -> dict[str, int]:
+    """Byte-copy the UC Merced LandUse images into the UCM-Captions image folder ``out`` as ``1.tif`` .. ``2100.tif``.
+
+    Args:
+        source: the folder with the 21 class folders (``UCMerced_LandUse/Images``) or the folder above it.
+        out: the image folder to fill (created), e.g. ``data/ucm_precomp/images``.
+
+    Returns:
+        ``{"copied": ..., "already_there": ...}`` (files identical to their source are left as they are).
+
+    Raises:
+        MissingFileError: sources are missing (all are checked before anything is copied; the message names them).
+        DataError: ``out`` holds a file of that name with other content (nothing is overwritten or copied).
+    """
+    source, out = Path(source), Path(out)
+    if not (source / UCM_CLASSES[0]).is_dir() and (source / "Images" / UCM_CLASSES[0]).is_dir():
+        source = source / "Images"
+    pairs = [(source.joinpath(*ucm_source(n)), out / f"{n}.tif") for n in range(1, UCM_IMAGES + 1)]
+    missing = [str(src.relative_to(source)) for src, _ in pairs if not src.is_file()]
+    if missing:
+        raise MissingFileError(f"{len(missing)} of {UCM_IMAGES} UC Merced LandUse images are missing in {source}: "
+                               f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}; give the folder "
+                               "that holds the 21 class folders (UCMerced_LandUse/Images)")
+    existing = [(src, dst) for src, dst in pairs if dst.exists()]
+    different = [dst.name for src, dst in existing if not filecmp.cmp(src, dst, shallow=False)]
+    if different:
+        raise DataError(f"{len(different)} file(s) in {out} differ from their UC Merced source and are not "
+                        f"overwritten: {', '.join(different[:10])}{', ...' if len(different) > 10 else ''}; "
+                        "move them away or choose another output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    done = {dst for _, dst in existing}
+    for src, dst in pairs:
+        if dst not in done:
+            tmp = dst.with_name(f".{dst.name}.part")
+            shutil.copyfile(src, tmp)  # a byte copy; renamed into place so no half file is ever left as n.tif
+            tmp.replace(dst)
+    return {"copied": len(pairs) - len(done), "already_there": len(done)}

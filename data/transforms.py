@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
@@ -106,10 +107,27 @@ class GridMask(torch.nn.Module):
         return img * keep.to(img.dtype)
 
 
+class ToNormalizedTensor(torch.nn.Module):
+    """RGB PIL image (or uint8 tensor [3, H, W]) -> float32 tensor [3, H, W], ``(x / 255 - mean) / std``.
+
+    The ops of ``v2.ToImage, v2.ToDtype(float32, scale=True), v2.Normalize(mean, std)`` in the same order (so the
+    same float32 values, bit for bit), fused into one allocation: about 2x faster, and this runs once per sample.
+    """
+
+    def __init__(self, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+    def forward(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(img, Image.Image):
+            img = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        return img.contiguous().to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
+
+
 def _finish(mean: tuple, std: tuple) -> list:
     # geometric and colour ops run on the PIL image (PIL's C kernels are much faster than torch's grid_sample on
     # small images); conversion to a tensor happens here
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
+    return [ToNormalizedTensor(mean, std)]
 
 
 class Pipeline:
@@ -122,11 +140,14 @@ class Pipeline:
     Args:
         prefix: deterministic PIL -> PIL ops (empty: none).
         rest: PIL -> float tensor [3, S, S] ops, random ones included.
+        random: ``rest`` draws random numbers (the datasets seed it per item); a rest without random ops must also
+            take a uint8 tensor [3, H, W] (the cache then skips the PIL image).
     """
 
-    def __init__(self, prefix: list, rest: list) -> None:
+    def __init__(self, prefix: list, rest: list, random: bool = True) -> None:
         self.prefix = v2.Compose(prefix) if prefix else None
         self.rest = v2.Compose(rest)
+        self.random = random
         self.key = repr(self.prefix) if prefix else "decoded"  # identifies the cached pixels
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
@@ -155,20 +176,21 @@ def amfmn(train: bool, s: int) -> Pipeline:
 @PIPELINES.register("plain")
 def plain(train: bool, s: int) -> Pipeline:
     """Resize to S x S, ImageNet normalisation (train = eval)."""
-    return Pipeline([v2.Resize((s, s))], _finish(IMAGENET_MEAN, IMAGENET_STD))
+    return Pipeline([v2.Resize((s, s))], _finish(IMAGENET_MEAN, IMAGENET_STD), random=False)
 
 
 @PIPELINES.register("clip")
 def clip(train: bool, s: int) -> Pipeline:
     """CLIP preprocessing: bicubic resize of the short side to S, centre crop S (train = eval)."""
-    return Pipeline([v2.Resize(s, interpolation=_BICUBIC), v2.CenterCrop(s)], _finish(CLIP_MEAN, CLIP_STD))
+    return Pipeline([v2.Resize(s, interpolation=_BICUBIC), v2.CenterCrop(s)], _finish(CLIP_MEAN, CLIP_STD),
+                    random=False)
 
 
 @PIPELINES.register("pir")
 def pir(train: bool, s: int, fisvl: bool = False) -> Pipeline:
     """PIR (and FISVL with ``fisvl``): see the module docstring; eval = bicubic resize to S x S."""
     if not train:
-        return Pipeline([v2.Resize((s, s), interpolation=_BICUBIC)], _finish(CLIP_MEAN, CLIP_STD))
+        return Pipeline([v2.Resize((s, s), interpolation=_BICUBIC)], _finish(CLIP_MEAN, CLIP_STD), random=False)
     ops = [v2.RandomResizedCrop(s, scale=(0.5, 1.0), interpolation=_BICUBIC), v2.RandomHorizontalFlip()]
     if fisvl:
         kernel = 2 * math.ceil(3 * 2.0 * s / 224) + 1  # covers sigma up to 2 at 224 px

@@ -113,7 +113,7 @@ def split(tmp_path_factory, files):
     return load_split(folder, "train", files[0].parent)
 
 
-@pytest.mark.parametrize("name", ["galr", "fisvl"])
+@pytest.mark.parametrize("name", ["galr", "fisvl", "plain"])
 def test_train_dataset_items_are_identical_with_and_without_cache(split, name):
     tok = VocabTokenizer(build_vocab(split.captions, min_count=1))
     pipe = build_transform(name, True, 32)
@@ -122,7 +122,8 @@ def test_train_dataset_items_are_identical_with_and_without_cache(split, name):
     assert cached.images.cache is not None and plain.images.cache is None
     for key in [(0, 0), (0, 5), (2, 5), (7, 1)]:
         assert torch.equal(plain[key]["image"], cached[key]["image"])
-    assert not torch.equal(cached[(0, 5)]["image"], cached[(1, 5)]["image"])  # still random per epoch
+    if name != "plain":  # plain has no random op
+        assert not torch.equal(cached[(0, 5)]["image"], cached[(1, 5)]["image"])  # still random per epoch
     assert item_seed(3, 0, 5) != item_seed(3, 1, 5)
 
 

@@ -4,8 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, GridMask, RestrictedRandAugment, \
-    build_transform
+from torchvision.transforms import v2
+
+from data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PIPELINES, GridMask, \
+    RestrictedRandAugment, ToNormalizedTensor, build_transform
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +82,18 @@ def test_restricted_randaugment_ops_keep_dtype_and_shape():
 def test_unknown_transform():
     with pytest.raises(ValueError, match="unknown data.transform 'resnet'"):
         build_transform("resnet", True, 32)
+
+
+def test_pipelines_are_registered():
+    assert PIPELINES.names() == ["amfmn", "clip", "fisvl", "galr", "pir", "plain"]
+    # which pipelines draw random numbers after their cached prefix (the datasets seed only those)
+    assert {n for n in PIPELINES.names() if build_transform(n, True, 32).random} == {"amfmn", "fisvl", "galr", "pir"}
+    assert not any(build_transform(n, False, 32).random for n in PIPELINES.names())
+
+
+@pytest.mark.parametrize("mean,std", [(IMAGENET_MEAN, IMAGENET_STD), (CLIP_MEAN, CLIP_STD)])
+def test_fused_tensor_conversion_is_torchvisions_bit_for_bit(img, mean, std):
+    ref = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()])
+    fused = ToNormalizedTensor(mean, std)
+    assert torch.equal(fused(img), ref(img))
+    assert torch.equal(fused(torch.from_numpy(np.array(img)).permute(2, 0, 1)), ref(img))  # uint8 tensor input
