@@ -121,11 +121,10 @@ class EvalCfg:
     select_metric: str = "mR"  # validation metric that picks best.pth
     every: int = 1  # validate every N epochs
     sim_shard: int = 1024  # rows per similarity block
-    rerank: str = "none"  # none | galr | galr_unweighted (applied by test.py --rerank too)
-    rerank_k: int = 30
-    rerank_wp1: float = 0.3
-    rerank_wp2: float = 1.1
-    tune_rerank: bool = True  # tune k/wp1/wp2 on validation before testing with a rerank
+    rerank: str = "none"  # a reranker of engine/rerank.py (none | galr | galr_unweighted); test.py --rerank too
+    rerank_params: dict = field(default_factory=dict)  # its settings, e.g. {k: 30, wp1: 0.3, wp2: 1.1} (galr);
+    # checked by the reranker's own dataclass (engine/rerank.py RERANK_PARAMS), missing keys take its defaults
+    tune_rerank: bool = True  # tune the rerank settings on validation before testing (rerankers that can be tuned)
     scene_recall: tuple[int, ...] = ()  # SRR@r cut-offs to report (SWAN), e.g. [1, 5, 10]
 
 
@@ -342,9 +341,30 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'data.n_folds' must be >= 2 with data.protocol=kfold, got {cfg.data.n_folds}")
 
 
+# old key -> its place now (configs and checkpoints written before the move still load)
+MOVED_KEYS = {("eval", "rerank_k"): ("eval", "rerank_params", "k"), ("eval", "rerank_wp1"): ("eval", "rerank_params", "wp1"),
+              ("eval", "rerank_wp2"): ("eval", "rerank_params", "wp2")}
+
+
+def migrate(data: dict) -> dict:
+    """Move keys of older configs to their current place (a key already at the new place wins)."""
+    data = copy.deepcopy(data)
+    for (sec, key), (new_sec, new_key, field_name) in MOVED_KEYS.items():
+        section = data.get(sec)
+        if isinstance(section, dict) and key in section:
+            value = section.pop(key)
+            target = data.setdefault(new_sec, {})
+            params = target.get(new_key)
+            params = dict(params) if isinstance(params, dict) else {}
+            params.setdefault(field_name, value)
+            target[new_key] = params
+    return data
+
+
 def config_from_dict(data: dict, source: str = "config") -> Config:
-    """Build a strict ``Config`` from a plain mapping (missing keys take their defaults; ranges are checked)."""
-    cfg = _build(Config, data, "", source)
+    """Build a strict ``Config`` from a plain mapping (old keys migrated, missing keys take their defaults, ranges
+    are checked)."""
+    cfg = _build(Config, migrate(data), "", source)
     _check_values(cfg, source)
     return dataclasses.replace(cfg, source=source)
 

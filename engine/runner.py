@@ -162,10 +162,11 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
     start, step, best, best_epoch = restore(parts, resume) if resume else (0, 0, float("-inf"), -1)
     model: nn.Module = parts.model
     if dist.is_dist():
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    broadcast_buffers=parts.model.ddp_broadcast_buffers)
     writer = MetricWriter(run_dir) if dist.is_main() else None
     facts = data_facts(parts.bundle)
-    if dist.is_main() and not resume:
+    if dist.is_main():  # on resume too: the run's config.yaml shows what --set changed
         save_config(cfg, run_dir / "config.yaml")
         with open(run_dir / "config.yaml", "a") as f:  # comments: the file still loads as the run's config
             f.write(facts_comment(facts))
@@ -240,8 +241,8 @@ def _final_test(cfg: Config, parts: Parts, run_dir: Path, device: torch.device, 
 
 
 def rerank_params(cfg: Config) -> dict:
-    """The config's rerank settings (checked per reranker by ``engine.rerank.rerank_settings``)."""
-    return {"k": cfg.eval.rerank_k, "wp1": cfg.eval.rerank_wp1, "wp2": cfg.eval.rerank_wp2}
+    """The config's rerank settings, ``eval.rerank_params`` (checked per reranker by ``engine.rerank.rerank_settings``)."""
+    return dict(cfg.eval.rerank_params)
 
 
 def rerank_for_test(cfg: Config, model: nn.Module, bundle: DataBundle, name: str, device: torch.device) -> dict:

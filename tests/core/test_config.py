@@ -128,3 +128,15 @@ def test_closest_config_names():
     with pytest.raises(ConfigError, match=r"closest in configs/: rsitmd_galr\.yaml"):
         resolve_config_path("rsitmd_glar.yaml")
     assert resolve_config_path("rsitmd_galr").name == "rsitmd_galr.yaml"
+
+
+def test_old_rerank_keys_migrate_to_rerank_params(tmp_path):
+    """Configs and checkpoints written with eval.rerank_k / rerank_wp1 / rerank_wp2 still load."""
+    old = {"eval": {"rerank": "galr", "rerank_k": 20, "rerank_wp1": 0.5, "rerank_wp2": 1.3, "tune_rerank": False}}
+    cfg = config_from_dict(old)
+    assert cfg.eval.rerank_params == {"k": 20, "wp1": 0.5, "wp2": 1.3} and cfg.eval.rerank == "galr"
+    assert "rerank_k" not in dump_config(cfg) and config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+    path = write(tmp_path / "a.yaml", "eval: {rerank_k: 12, rerank_params: {k: 40}}\n")
+    assert load_config(path).eval.rerank_params == {"k": 40}  # the new place wins
+    assert load_config(path, ["eval.rerank_wp2=0.7"]).eval.rerank_params == {"k": 40, "wp2": 0.7}  # old --set too
+    assert load_config(write(tmp_path / "b.yaml", "{}\n")).eval.rerank_params == {}

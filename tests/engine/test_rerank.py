@@ -116,3 +116,30 @@ def test_tune_rerank_finds_grid_best():
     assert len(table) == 8 and best_mr == max(row["mR"] for row in table)
     i2t, t2i_m = galr_rerank(S, **best)
     assert retrieval_metrics(i2t, t2i, sim_t2i=t2i_m)["mR"] == best_mr
+
+
+def test_rerank_settings_from_config_params():
+    from core.errors import ConfigError
+    from engine.rerank import rerank_settings
+
+    assert rerank_settings("galr", {}) == {"k": 30, "wp1": 0.3, "wp2": 1.1}  # upstream's defaults
+    assert rerank_settings("galr", {"k": 7, "wp2": 2}) == {"k": 7, "wp1": 0.3, "wp2": 2.0}
+    assert rerank_settings("galr_unweighted", {"k": 7, "wp1": 0.5}) == {"k": 7}  # galr's weights do not apply
+    assert rerank_settings("none", {"k": 7}) == {}
+    with pytest.raises(ConfigError, match=r"f\.yaml: unknown key 'eval\.rerank_params\.kk'"):
+        rerank_settings("galr", {"kk": 7}, source="f.yaml")
+    with pytest.raises(ConfigError, match=r"'eval\.rerank_params\.k' must be int"):
+        rerank_settings("galr", {"k": "many"})
+    with pytest.raises(ConfigError, match="unknown rerank 'nope'"):
+        rerank_settings("nope", {})
+
+
+def test_rerank_settings_tuned_on_validation_equal_the_grid_best():
+    from engine.rerank import rerank_settings
+
+    g = torch.Generator().manual_seed(1)
+    img = torch.nn.functional.normalize(torch.randn(20, 8, generator=g), dim=1)
+    t2i = txt2img_from_counts([5] * 20)
+    S = img @ torch.nn.functional.normalize(img[t2i] + torch.randn(100, 8, generator=g), dim=1).T
+    best, _, _ = tune_rerank(S, t2i)
+    assert rerank_settings("galr", {"k": 99}, val=(S, t2i.tolist())) == best

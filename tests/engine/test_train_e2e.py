@@ -69,3 +69,14 @@ def test_folds_all_summary(tmp_path):
     # the two folds drew different validation images
     v0, v1 = ((root / f"fold{k}" / "splits" / "val_filename_verify.txt").read_text() for k in (0, 1))
     assert v0 != v1
+
+
+def test_checkpoint_with_old_rerank_keys_still_loads(tiny_vse_run, tmp_path):
+    """Checkpoints written before eval.rerank_params stored eval.rerank_k / rerank_wp1 / rerank_wp2."""
+    ckpt = torch.load(tiny_vse_run / "best.pth", weights_only=True)
+    ev = ckpt["config"]["eval"]
+    ev.pop("rerank_params", None)
+    ev.update(rerank="galr_unweighted", rerank_k=12, rerank_wp1=0.3, rerank_wp2=1.1, tune_rerank=True)
+    torch.save(ckpt, tmp_path / "old.pth")
+    assert test_entry.main(["--resume", str(tmp_path / "old.pth"), "--json", str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["rerank"] == {"name": "galr_unweighted", "k": 12}
