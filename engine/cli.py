@@ -214,10 +214,12 @@ def evaluate_checkpoint(cfg: Config, state: dict | None, tokenizer_state: dict |
     from data.build import build_data, model_context
     from engine.rerank import TUNERS
     from engine.runner import evaluate_split, rerank_for_test, resolve_device
+    from engine.preflight import check_run_files
     from models.registry import build_model
 
     device = resolve_device(args.device or cfg.train.device)
     rerank = args.rerank or cfg.eval.rerank
+    check_run_files(cfg, tokenizer_state)  # every missing file (tokenizer folder, zero-shot weights) before the data
     tune = rerank in TUNERS and cfg.eval.tune_rerank
     splits = ("train", "val", "test") if tune or args.split == "val" else ("test",)
     bundle = build_data(cfg.data, fold=fold, tokenizer_state=tokenizer_state, splits=splits, source=cfg.source)

@@ -161,6 +161,15 @@ def test_test_py_names_a_missing_checkpoint_tokenizer(caplog, tiny_vse_run, tmp_
     assert "gone_bert" in error_text(caplog) and not (tmp_path / "m.json").exists()
 
 
+def test_test_py_zero_shot_checks_its_weights_before_the_data(caplog, tmp_path):
+    args = ["--config", "configs/tests/tiny_clip_zeroshot.yaml", "--set", "model.pretrained=true",
+            "--set", f"model.params.weights={tmp_path / 'nope.pt'}", "--set", f"data.root={tmp_path / 'no_data'}"]
+    assert test_entry.main(args) == 2
+    msg = error_text(caplog)
+    assert f"{tmp_path / 'nope.pt'} (model.params.weights: CLIP" in msg and "model.pretrained=false" in msg
+    assert "dataset folder" not in msg
+
+
 def test_required_file_helpers(tmp_path):
     (tmp_path / "b.bin").write_bytes(b"x")
     a = RequiredFile("model.params.w", str(tmp_path / "a.safetensors"), "weights", (str(tmp_path / "b.bin"),))
