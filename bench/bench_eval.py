@@ -1,6 +1,7 @@
 """Benchmark of engine.metrics / engine.rerank against per-query loop baselines written the way upstream computes.
 
-    python bench/bench_eval.py [--quick] [--skip-big] [--skip-whole | --only-whole] [--threads N] [--big-shape 50000 250000 512]
+    python bench/bench_eval.py [--quick] [--skip-big] [--skip-whole | --only-whole] [--threads N]
+                               [--big-shape 50000 250000 512]
 
 Prints one table:
 - metrics at the RSICD-test shape (1093 x 5465) and the NWPU-test shape (3150 x 15750): retrieval_metrics vs a numpy
@@ -10,15 +11,15 @@ Prints one table:
 - the streamed 50k x 250k (d = 512) evaluation (retrieval_metrics_from_embeddings) against the bare matmul of the same
   tiles (same tile sizes, products written to a reused buffer and discarded), run in a child process so that its
   peak RSS (ru_maxrss) is its own.
-Every loop baseline is timed once in the same run; our functions take the best of ``--repeat`` runs. Inputs are
-random float64 (ties practically impossible, so both sides must agree, which the table checks); ``--float32``
-adds float32 metric rows (ties do occur there, so "agree" may be False where numpy's unstable argsort breaks them).
 - scripts/eval_sims.py as whole processes (issue 14.15): plain evaluation plus GaLR rerank, two processes on a saved
   float32 NWPU-size matrix (3150 x 15750), against one process that runs the loop baselines above on the same file
   (plain metrics, rerank both directions, metrics of the reranked matrices); start-up and imports count on both sides.
-``--quick``: RSICD-shape rows only, a 5k x 25k streamed case and the whole-process row at the RSICD shape. Goals (issue 2): metrics >= 30x (RSICD) and >= 50x
-(NWPU), rerank >= 50x, streamed case peak RSS <= 3 GB and wall <= 1.3x the bare matmul; issue 14.15: the two
-eval_sims processes >= 20x the whole-process baseline.
+Every loop baseline is timed once in the same run; our functions take the best of ``--repeat`` runs. Inputs are
+random float64 (ties practically impossible, so both sides must agree, which the table checks); ``--float32``
+adds float32 metric rows (ties do occur there, so "agree" may be False where numpy's unstable argsort breaks them).
+``--quick``: RSICD-shape rows only, a 5k x 25k streamed case and the whole-process row at the RSICD shape.
+Goals (issue 2): metrics >= 30x (RSICD) and >= 50x (NWPU), rerank >= 50x, streamed case peak RSS <= 3 GB and
+wall <= 1.3x the bare matmul; issue 14.15: the two eval_sims processes >= 20x the whole-process baseline.
 """
 from __future__ import annotations
 

@@ -342,7 +342,8 @@ def _check_values(cfg: Config, source: str) -> None:
 
 
 # old key -> its place now (configs and checkpoints written before the move still load)
-MOVED_KEYS = {("eval", "rerank_k"): ("eval", "rerank_params", "k"), ("eval", "rerank_wp1"): ("eval", "rerank_params", "wp1"),
+MOVED_KEYS = {("eval", "rerank_k"): ("eval", "rerank_params", "k"),
+              ("eval", "rerank_wp1"): ("eval", "rerank_params", "wp1"),
               ("eval", "rerank_wp2"): ("eval", "rerank_params", "wp2")}
 
 

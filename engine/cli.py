@@ -81,7 +81,8 @@ def check_output_file(path: str | None, flag: str) -> None:
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunError(f"{flag} {path}: cannot create the folder {p.parent} ({e.strerror or type(e).__name__})") from None
+        reason = e.strerror or type(e).__name__
+        raise RunError(f"{flag} {path}: cannot create the folder {p.parent} ({reason})") from None
     if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise RunError(f"{flag} {path}: not writable; choose another path")
 
@@ -185,7 +186,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ test.py
 def load_test_target(args: argparse.Namespace, path: str | None) -> tuple[Config, dict | None, dict | None, int]:
-    """(config, checkpoint, tokenizer state, fold) for a checkpoint path (with the allowed --set) or a zero-shot config."""
+    """(config, checkpoint, tokenizer state, fold) of a checkpoint (with the allowed --set) or a zero-shot config."""
     if path is not None:
         from dataclasses import replace
 
@@ -202,7 +203,8 @@ def load_test_target(args: argparse.Namespace, path: str | None) -> tuple[Config
 
     list_models()
     if cfg.model.name not in MODELS:
-        raise ConfigError(f"{cfg.source}: unknown model.name '{cfg.model.name}'; registered: {', '.join(MODELS.names())}")
+        raise ConfigError(f"{cfg.source}: unknown model.name '{cfg.model.name}'; registered: "
+                          f"{', '.join(MODELS.names())}")
     if not MODELS.get(cfg.model.name).zero_shot:
         raise ConfigError(f"{cfg.source}: '{cfg.model.name}' must be trained first; test it with --resume best.pth")
     return cfg, None, None, 0
@@ -212,14 +214,14 @@ def evaluate_checkpoint(cfg: Config, state: dict | None, tokenizer_state: dict |
                         args: argparse.Namespace) -> tuple[dict, Any]:
     """Rebuild data + model, load ``state``, evaluate ``args.split`` (with the chosen rerank)."""
     from data.build import build_data, model_context
+    from engine.preflight import check_run_files
     from engine.rerank import TUNERS
     from engine.runner import evaluate_split, rerank_for_test, resolve_device
-    from engine.preflight import check_run_files
     from models.registry import build_model
 
+    check_run_files(cfg, tokenizer_state)  # every missing file (tokenizer folder, zero-shot weights) before the data
     device = resolve_device(args.device or cfg.train.device)
     rerank = args.rerank or cfg.eval.rerank
-    check_run_files(cfg, tokenizer_state)  # every missing file (tokenizer folder, zero-shot weights) before the data
     tune = rerank in TUNERS and cfg.eval.tune_rerank
     splits = ("train", "val", "test") if tune or args.split == "val" else ("test",)
     bundle = build_data(cfg.data, fold=fold, tokenizer_state=tokenizer_state, splits=splits, source=cfg.source)

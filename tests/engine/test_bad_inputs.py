@@ -63,7 +63,8 @@ def test_existing_run_is_not_overwritten(caplog, tiny_vse_run):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(caplog, tmp_path):
-    args = ["--config", CFG, "--set", "data.max_images=60", "--set", "data.batch_size=20", "--output-dir", str(tmp_path)]
+    args = ["--config", CFG, "--set", "data.max_images=60", "--set", "data.batch_size=20",
+            "--output-dir", str(tmp_path)]
     assert train.main(args + ["--set", "train.epochs=1"]) == 0
     last = tmp_path / "tiny_vse" / "fold0" / "last.pth"
     good = last.read_bytes()
@@ -138,14 +139,16 @@ def test_test_py_applies_test_time_keys_and_says_so(caplog, tiny_vse_run, tmp_pa
 
 
 def test_resume_logs_config_source_and_set_keys(caplog, tmp_path):
-    args = ["--config", CFG, "--set", "data.max_images=60", "--set", "data.batch_size=20", "--output-dir", str(tmp_path)]
+    args = ["--config", CFG, "--set", "data.max_images=60", "--set", "data.batch_size=20",
+            "--output-dir", str(tmp_path)]
     assert train.main(args + ["--set", "train.epochs=1"]) == 0
     last = tmp_path / "tiny_vse" / "fold0" / "last.pth"
     caplog.clear()
     caplog.set_level(logging.INFO)
     assert train.main(["--resume", str(last), "--set", "train.epochs=2"]) == 0
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming")]
-    assert len(line) == 1 and "the checkpoint's config is used" in line[0] and line[0].endswith("from --set: train.epochs")
+    assert len(line) == 1 and "the checkpoint's config is used" in line[0]
+    assert line[0].endswith("from --set: train.epochs")
     assert "epochs: 2" in (last.parent / "config.yaml").read_text()  # the run's config.yaml follows the resume
 
 
@@ -214,7 +217,8 @@ def test_ctrl_c_prints_resume_command_and_exits_130(caplog, monkeypatch, tmp_pat
         return real(*args, **kw)
 
     monkeypatch.setattr(engine.runner, "train_one_epoch", interrupted_in_epoch_1)
-    args = ["--config", CFG, "--set", "data.max_images=60", "--set", "data.batch_size=20", "--output-dir", str(tmp_path)]
+    args = ["--config", CFG, "--set", "data.max_images=60", "--set", "data.batch_size=20",
+            "--output-dir", str(tmp_path)]
     assert train.main(args) == 130
     last = tmp_path / "tiny_vse" / "fold0" / "last.pth"
     assert error_text(caplog) == f"interrupted; resume with: python train.py --resume {last}"
