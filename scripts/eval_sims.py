@@ -12,7 +12,9 @@ t2i_medR i2t_meanR t2i_meanR``); ``--save-reranked`` writes the two reranked mat
 ``--tune`` runs the (k, wp1, wp2) grid of engine.rerank.tune_rerank on this matrix and prints the best setting;
 it does not change the evaluation below it (tune on a validation matrix, then pass the values for the test one).
 Bad input (missing or unreadable file, wrong shape, a map that does not cover the columns, NaN/inf) prints one
-line naming the file and exits with code 2 before anything is written.
+line naming the file and exits with code 2 before anything is written; the folders of ``--json`` and
+``--save-reranked`` are created (or refused) before the matrix is read. torch is imported only once the matrix
+has been read, so ``--help``, a bad path and an unreadable file answer at once.
 """
 from __future__ import annotations
 
