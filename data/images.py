@@ -5,6 +5,8 @@ more than 8 bits per sample that Pillow opens as one band (16-bit ``I;16*``, 32-
 and PNG exports, elevation and radar rasters) are scaled to 8 bit by their own range,
 ``round(255 * (v - min) / (max - min))`` over all pixels (a constant image becomes 0), then copied to the three RGB
 channels. (Converting them directly, as Pillow does, clips every value above 255: a 16-bit image became white.)
+Multi-band 16-bit files (16-bit RGB PNG / TIFF), which Pillow can only read as their top 8 bits, are refused with an
+error naming the file rather than loaded dark.
 
 Check (``check_images``): before the first epoch every image of every split a run uses is opened once (header only,
 fast); the result is remembered per (path, size, mtime) for the life of the process. All missing and unreadable
@@ -66,7 +68,18 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 def _open_rgb(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as img:
+        _refuse_wide_multiband(img)
         return to_rgb8(img)
+
+
+def _refuse_wide_multiband(img: Image.Image) -> None:
+    """Pillow decodes 16-bit RGB(A) files to their top 8 bits (12-bit data turns almost black): refuse them."""
+    for tile in img.tile:
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else "")
+        if isinstance(rawmode, str) and ";16" in rawmode and img.mode not in _WIDE_MODES:
+            raise ValueError(f"{img.mode} with 16 bits per sample ({rawmode}) cannot be read without losing its low "
+                             "8 bits; convert it to 8-bit RGB (e.g. scaled by its own range) or to one 16-bit band")
 
 
 def _reason(e: BaseException) -> str:
@@ -93,6 +106,7 @@ def _header_problem(path: Path) -> str:
     if key not in _HEADER_OK:
         try:
             with Image.open(path) as img:  # reads the header only
+                _refuse_wide_multiband(img)
                 w, h = img.size
             _HEADER_OK[key] = "" if w > 0 and h > 0 else "empty image"
         except (OSError, ValueError, SyntaxError) as e:

@@ -37,6 +37,30 @@ def test_16bit_png_and_constant_image(tmp_path):
     assert np.asarray(load_image(tmp_path / "c.tif")).max() == 0  # no range: 0 by the documented rule
 
 
+def _png_rgb16(path, arr):
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    h, w, _ = arr.shape
+    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_is_refused_not_darkened(tmp_path):
+    _png_rgb16(tmp_path / "rgb16.png", np.array([[[0, 1000, 4095], [2000, 3000, 100]]], np.uint16))
+    assert np.asarray(Image.open(tmp_path / "rgb16.png")).max() == 15  # what Pillow alone makes of 4095
+    with pytest.raises(DataError, match="rgb16.png.*16 bits per sample"):
+        load_image(tmp_path / "rgb16.png")
+    with pytest.raises(DataError, match=r"rgb16.png \(RGB with 16 bits"):
+        check_images([tmp_path / "rgb16.png"])
+
+
 def test_gray_and_palette_png_pixels(tmp_path):
     Image.fromarray(np.array([[0, 17], [128, 255]], np.uint8)).save(tmp_path / "g.png")
     arr = np.asarray(load_image(tmp_path / "g.png"))
