@@ -201,3 +201,18 @@ def test_foreign_hosts_are_refused_when_bound_to_loopback(client):
     assert local.get("/api/info").json()["images"] == 4
     assert local.get("/api/info", headers={"host": "evil.example:8000"}).status_code == 400
     assert client.get("/api/info").json()["kind"] == "flat"
+
+
+def test_serve_bad_inputs_exit_2(tmp_path, capsys):
+    from scripts import serve
+
+    assert serve.main(["--index", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"error: index folder not found: {tmp_path / 'missing'}\n"
+    write_index(tmp_path / "idx", ["a.png"], np.ones((1, 3), np.float32), images_root=".", checkpoint_id="x")
+    assert serve.main(["--index", str(tmp_path / "idx")]) == 2
+    assert "meta.json names no checkpoint; pass --resume" in capsys.readouterr().err
+    (tmp_path / "caps.txt").write_text("\n  \n")
+    assert serve.main(["--index", str(tmp_path / "idx"), "--captions", str(tmp_path / "caps.txt")]) == 2
+    assert capsys.readouterr().err == f"error: no captions in {tmp_path / 'caps.txt'}\n"
+    assert [serve.is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.2",
+                                           "example.org")] == [True, True, True, True, False, False, False]
