@@ -151,6 +151,85 @@ def render_csv(runs: list[dict]) -> str:
     return buf.getvalue()
 
 
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+           "#bcbd22")
+
+
+def val_curves(runs: list[dict]) -> dict[str, list[list[tuple[int, float]]]]:
+    """{method label: [[(epoch, val mR), ...] per fold]} from each run's ``fold<k>/metrics.jsonl``."""
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for src in dict.fromkeys(r["source"] for r in runs):  # rerank rows share their run
+        path = Path(src)
+        run_dir = path.parent
+        fold_dirs = [run_dir] if run_dir.name.startswith("fold") else sorted(run_dir.glob("fold*"))
+        label = next(r for r in runs if r["source"] == src)["method"]
+        for fold in fold_dirs:
+            metrics = fold / "metrics.jsonl"
+            if not metrics.is_file():
+                continue
+            points = []
+            for n, line in enumerate(metrics.read_text().splitlines(), 1):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    raise TableError(f"{metrics}:{n}: not a JSON line") from None
+                if "val/mR" in rec and "epoch" in rec:
+                    points.append((int(rec["epoch"]), float(rec["val/mR"])))
+            if points:
+                curves.setdefault(label, []).append(points)
+    if not curves:
+        raise TableError("--plot: no fold*/metrics.jsonl with val/mR beside the runs")
+    return curves
+
+
+def plot_val_mr(curves: dict[str, list[list[tuple[int, float]]]], out: Path, title: str = "") -> None:
+    """Line chart (PIL) of validation mR per epoch: one colour per method, one line per fold; written atomically."""
+    from PIL import Image, ImageDraw
+
+    from search.pictures import font
+
+    w, h, left, right, top, bottom = 960, 540, 64, 190, 44, 52
+    pic = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(pic)
+    max_epoch = max(e for folds in curves.values() for pts in folds for e, _ in pts)
+    max_val = max(v for folds in curves.values() for pts in folds for _, v in pts)
+    y_top = max(10.0, 10.0 * -(-max_val // 10))
+    x0, x1, y0, y1 = left, w - right, h - bottom, top
+
+    def xy(e: float, v: float) -> tuple[float, float]:
+        return x0 + (x1 - x0) * (e / max(max_epoch, 1)), y0 - (y0 - y1) * (v / y_top)
+
+    for k in range(int(y_top // 10) + 1):  # horizontal grid every 10 mR
+        _, y = xy(0, 10 * k)
+        draw.line([(x0, y), (x1, y)], fill="#e0e0e0")
+        draw.text((x0 - 8, y), f"{10 * k}", fill="black", font=font(12), anchor="rm")
+    for e in range(max_epoch + 1):
+        x, _ = xy(e, 0)
+        draw.line([(x, y0), (x, y0 + 4)], fill="black")
+        draw.text((x, y0 + 8), str(e), fill="black", font=font(12), anchor="mt")
+    draw.line([(x0, y1), (x0, y0), (x1, y0)], fill="black")
+    draw.text((x0 + (x1 - x0) / 2, h - 14), "epoch (0-based)", fill="black", font=font(13), anchor="mm")
+    draw.text((12, top - 24), "validation mR", fill="black", font=font(13))
+    if title:
+        draw.text((w / 2, 14), title, fill="black", font=font(14), anchor="mt")
+    for i, (label, folds) in enumerate(sorted(curves.items())):
+        colour = PALETTE[i % len(PALETTE)]
+        for pts in folds:
+            line = [xy(e, v) for e, v in sorted(pts)]
+            if len(line) > 1:
+                draw.line(line, fill=colour, width=2)
+            for x, y in line:
+                draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
+        ly = top + 8 + 22 * i
+        draw.line([(x1 + 16, ly), (x1 + 40, ly)], fill=colour, width=3)
+        folds_txt = f"{len(folds)} fold{'s' if len(folds) > 1 else ''}"
+        draw.text((x1 + 46, ly), f"{label} ({folds_txt})", fill="black", font=font(13), anchor="lm")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pic.save(tmp, format="PNG", optimize=True)
+    tmp.replace(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print (and optionally write) the table; returns the exit code (2 for bad input)."""
     args = parse_args(argv)
@@ -163,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = [r for r in runs if r["dataset"] == args.dataset]
             if not runs:
                 raise TableError(f"no run of dataset '{args.dataset}' under {', '.join(args.paths)}")
+        curves = val_curves(runs) if args.plot else {}
     except TableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -174,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(text)
         tmp.replace(out)
+    if args.plot:
+        datasets = sorted({r["dataset"] for r in runs})
+        plot_val_mr(curves, Path(args.plot), f"validation mR per epoch ({', '.join(datasets)})")
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,8 @@ Writes into ``DIR``:
   ends with the ground-truth rank.
 * ``i2t_00.png ...``: an image and its top-``--topk`` captions, ground-truth captions in green.
 * ``queries.json``: per picture the query, the retrieved items with scores and the ground-truth rank.
+* with ``--sheet FILE``: also one PNG of all text->image grids stacked (tiles of ``--panel`` pixels, reduced to a
+  256-colour palette so that it stays small enough for a README).
 
 Queries are spread evenly over the split (``--seed`` draws them at random instead). Scores are the model's own
 ``similarity`` (what the metrics use). Exit code 2 with one line on bad input; every file is written through a
@@ -47,9 +49,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=None, help="draw queries at random (default: evenly spread)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--panel", type=int, default=224, help="tile side of the text->image grids in pixels")
+    p.add_argument("--sheet", default=None, help="also write every text->image grid stacked into this one PNG")
     args = p.parse_args(argv)
-    if args.n < 1 or args.topk < 1:
-        p.error("--n and --topk must be >= 1")
+    if args.n < 1 or args.topk < 1 or args.panel < 16:
+        p.error("--n and --topk must be >= 1, --panel >= 16")
     return args
 
 
@@ -101,8 +105,22 @@ def _open(path: Path) -> Image.Image | None:
         return None
 
 
-def text_to_image(split: Any, sim: np.ndarray, caps: list[int], k: int, out: Path) -> list[dict]:
-    """One grid per caption: its top-k images, ground truth framed."""
+def stack_sheet(pictures: list[Image.Image], gap: int = 6, colours: int = 256) -> Image.Image:
+    """Pictures one under the other (left-aligned, white gaps), as a palette image of at most ``colours`` colours."""
+    if not pictures:
+        raise VisualizeError("no picture to stack")
+    width = max(p.width for p in pictures)
+    sheet = Image.new("RGB", (width, sum(p.height for p in pictures) + gap * (len(pictures) - 1)), (255, 255, 255))
+    y = 0
+    for p in pictures:
+        sheet.paste(p.convert("RGB"), (0, y))
+        y += p.height + gap
+    return sheet.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+
+
+def text_to_image(split: Any, sim: np.ndarray, caps: list[int], k: int, out: Path, panel: int = 224,
+                  pictures: list | None = None) -> list[dict]:
+    """One grid per caption: its top-k images, ground truth framed (each picture also appended to ``pictures``)."""
     records = []
     for q, c in enumerate(caps):
         scores = sim[:, c]
@@ -112,8 +130,10 @@ def text_to_image(split: Any, sim: np.ndarray, caps: list[int], k: int, out: Pat
         rank = gt_rank(order, [gt])
         panels = [Panel(_open(split.image_path(i)), f"#{r}  {scores[i]:.3f}\n{split.filenames[i]}", i == gt)
                   for r, i in enumerate(top, 1)]
-        pic, _ = draw_grid(f"{split.captions[c]}   [ground truth at rank {rank}]", panels, cols=k)
+        pic, _ = draw_grid(f"{split.captions[c]}   [ground truth at rank {rank}]", panels, cols=k, panel=panel)
         _save(pic, out / f"t2i_{q:02d}.png")
+        if pictures is not None:
+            pictures.append(pic)
         records.append({"file": f"t2i_{q:02d}.png", "caption": c, "query": split.captions[c], "gt_image": gt,
                         "gt_rank": rank, "top": [[split.filenames[i], float(scores[i])] for i in top]})
     return records
@@ -147,12 +167,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     k = min(args.topk, sim.shape[0])
-    t2i = text_to_image(split, sim, pick(sim.shape[1], args.n, args.seed), k, out)
+    grids: list[Image.Image] = []
+    t2i = text_to_image(split, sim, pick(sim.shape[1], args.n, args.seed), k, out, args.panel, grids)
     i2t = image_to_text(split, sim, pick(sim.shape[0], args.n, args.seed), min(args.topk, sim.shape[1]), out)
     tmp = out / ".queries.json.tmp"
     tmp.write_text(json.dumps({"checkpoint": loaded.checkpoint_id, "split": args.split, "t2i": t2i, "i2t": i2t},
                               indent=1))
     tmp.replace(out / "queries.json")
+    if args.sheet:
+        sheet = Path(args.sheet)
+        sheet.parent.mkdir(parents=True, exist_ok=True)
+        _save(stack_sheet(grids), sheet)
+        print(f"wrote {sheet} ({sheet.stat().st_size // 1024} KB)")
     hits = sum(r["gt_rank"] <= k for r in t2i)
     print(f"wrote {len(t2i)} text->image and {len(i2t)} image->text pictures to {out} "
           f"(ground truth in the top {k} for {hits}/{len(t2i)} captions)")

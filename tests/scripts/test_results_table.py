@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from scripts import results_table
 
@@ -98,3 +99,39 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     bad.write_text(json.dumps({"experiment": "x", "folds": [{"i2t_R1": 1.0}]}))
     assert results_table.main([str(bad)]) == 2
     assert "lack" in capsys.readouterr().err
+
+
+def test_dataset_filter_keeps_only_that_dataset(runs, capsys):
+    root, *_ = runs
+    assert results_table.main([str(root), "--dataset", "rsitmd"]) == 0
+    body = capsys.readouterr().out.strip().splitlines()[2:]
+    assert [(line.split("|")[1].strip(), line.split("|")[2].strip()) for line in body] == [("galr", "rsitmd")] * 2
+    assert results_table.main([str(root), "--dataset", "nwpu"]) == 2
+    assert "no run of dataset 'nwpu'" in capsys.readouterr().err
+
+
+def write_metrics(fold_dir, values):
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    (fold_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train/loss": 1.0, "val/mR": v}) + "\n" for e, v in enumerate(values)))
+
+
+def test_plot_draws_every_fold_curve(runs, tmp_path):
+    root, *_ = runs
+    write_metrics(root / "rsitmd_galr" / "fold0", [10.0, 40.0, 60.0])  # 3 of galr's 5 fold dirs have curves
+    write_metrics(root / "rsitmd_galr" / "fold1", [20.0, 30.0, 50.0])
+    write_metrics(root / "rsitmd_galr" / "fold2", [5.0, 5.0, 5.0])
+    out = tmp_path / "img" / "val.png"
+    assert results_table.main([str(root), "--dataset", "rsitmd", "--plot", str(out)]) == 0
+    curves = results_table.val_curves(results_table.load_runs(results_table.find_files([str(root / "rsitmd_galr")])))
+    assert curves == {"galr": [[(0, 10.0), (1, 40.0), (2, 60.0)], [(0, 20.0), (1, 30.0), (2, 50.0)],
+                               [(0, 5.0), (1, 5.0), (2, 5.0)]]}
+    pic = np.asarray(Image.open(out).convert("RGB"))
+    colour = np.array(Image.new("RGB", (1, 1), results_table.PALETTE[0]).getpixel((0, 0)))
+    ys, xs = np.nonzero((pic == colour).all(axis=2))
+    assert len(xs) > 200  # the three galr lines (and the legend) are drawn in the first palette colour
+    # the flat 5.0 curve is the lowest line: its pixels sit near the bottom of the plot area
+    assert ys.max() > 0.8 * pic.shape[0]
+    vse_dir = root / "nested" / "rsicd_vse"
+    assert results_table.main([str(vse_dir), "--plot", str(tmp_path / "none.png")]) == 2  # no metrics.jsonl
+    assert not (tmp_path / "none.png").exists()

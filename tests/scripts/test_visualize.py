@@ -76,3 +76,18 @@ def test_gt_rank_follows_the_shown_order():
     assert gt_rank(order, [2]) == 3 and gt_rank(order, [3, 4]) == 4 and gt_rank(order, [1]) == 1
     assert pick(10, 3, None) == [0, 4, 9] and pick(2, 5, None) == [0, 1]
     assert len(set(pick(100, 8, seed=1))) == 8
+
+
+def test_stack_sheet_keeps_every_picture_in_a_palette_image():
+    from scripts.visualize import VisualizeError, stack_sheet
+
+    pics = [photo(1, (120, 40)), photo(2, (80, 30)), Image.new("RGB", (100, 20), (0, 128, 0))]
+    sheet = stack_sheet(pics, gap=5, colours=64)
+    assert sheet.mode == "P" and len(sheet.getcolors()) <= 64
+    assert sheet.size == (120, 40 + 30 + 20 + 2 * 5)
+    rgb = np.asarray(sheet.convert("RGB"), dtype=np.int16)
+    assert np.abs(rgb[40 + 5 + 30 + 5:, :100] - np.array([0, 128, 0])).max() <= 8  # the third picture, in place
+    assert (rgb[40 + 5 + 30 + 5:, 100:] == 255).all()  # narrower pictures are padded with white
+    assert (rgb[40:45] == 255).all()  # the gap
+    with pytest.raises(VisualizeError):
+        stack_sheet([])
