@@ -47,11 +47,15 @@ class RetrievalModel(nn.Module):
         pairwise_similarity: ``similarity`` is not the cosine of the two embeddings (e.g. AMFMN's gated text);
             the evaluator then calls it on blocks of at most 128 x ``eval.sim_shard``, the search app re-scores
             a shortlist with it. False: one matmul of the normalised embeddings is the score.
+        ddp_broadcast_buffers: DDP copies rank 0's buffers to every rank before each forward (torch's default).
+            A method that keeps its own buffers equal on every rank (KAMCL's queues, filled with all-gathered
+            keys) sets False, so nothing overwrites them.
     """
 
     Params: ClassVar[type] = NoParams
     zero_shot: ClassVar[bool] = False
     pairwise_similarity: ClassVar[bool] = False
+    ddp_broadcast_buffers: ClassVar[bool] = True
 
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Embed images. Args: batch with ``images`` [N, 3, H, W]. Returns: [N, D]."""

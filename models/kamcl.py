@@ -28,6 +28,9 @@ Where rsitr differs from upstream:
 * Not kept: upstream's unused layers (``extract_feature.linear``, ``high_module.gpo``, the ResNet ``fc`` and the
   top-level ``mlp``/``im``/``tx`` heads); :meth:`KAMCL.convert_upstream` consumes and drops them.
 * The queue still holds earlier keys of the same image (false negatives), as upstream.
+* Under DDP every rank enqueues the keys of the whole global batch (all-gathered, as MoCo; upstream's KAMCL code
+  enqueued per process) and DDP does not broadcast buffers for this model, so the queues are the same on every rank
+  and equal to one process's with the same global batch (tests/engine/test_ddp.py).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelCfg
+from core.dist import all_gather_with_grad
 from core.errors import ConfigError, MissingFileError
 from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
@@ -147,6 +151,8 @@ class KAMCL(RetrievalModel):
     """KAMCL dual encoder with momentum key encoders and queues (cosine similarity of the query encoders)."""
 
     Params = KAMCLParams
+    # the queues are kept equal on every rank by gathering the keys; DDP must not overwrite them with rank 0's
+    ddp_broadcast_buffers = False
 
     @classmethod
     def required_files(cls, cfg: ModelCfg, params: KAMCLParams) -> list[RequiredFile]:
@@ -219,8 +225,10 @@ class KAMCL(RetrievalModel):
         temp = self.p.temperature
         out["logits_img"] = torch.cat([(vq * tk).sum(-1, keepdim=True), vq @ self.queue_tx.clone()], 1) / temp
         out["logits_txt"] = torch.cat([(tq * vk).sum(-1, keepdim=True), tq @ self.queue_im.clone()], 1) / temp
-        self.enqueue("im", vk)
-        self.enqueue("tx", tk)
+        # every rank enqueues the keys of the whole global batch, in global order (MoCo's concat_all_gather): the
+        # queues stay identical on every rank and equal to those of one process with the same global batch
+        self.enqueue("im", all_gather_with_grad(vk))
+        self.enqueue("tx", all_gather_with_grad(tk))
         return out
 
     def tag_target(self, filenames: list[str]) -> torch.Tensor:
