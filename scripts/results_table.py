@@ -104,6 +104,11 @@ def load_runs(files: list[Path]) -> list[dict]:
             if not isinstance(folds, list) or not folds:
                 raise TableError(f"{f}: no 'folds' list")
             info = (data.get("experiment", f.parent.name), data.get("method", "?"), data.get("dataset", "?"))
+            if f.name != "summary.json" and "experiment" not in data and isinstance(data.get("checkpoint"), str):
+                # test.py --run-dir --json: the run folder and, from its first fold's config.yaml, the dataset
+                ckpt = Path(str(folds[0].get("checkpoint", "")))
+                info = (Path(data["checkpoint"]).name, info[1],
+                        info[2] if "dataset" in data else _dataset_of(ckpt.parent))
         else:
             folds = [data]
             info = (f.parent.parent.name, data.get("method", "?"), _dataset_of(f.parent))

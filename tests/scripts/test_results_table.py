@@ -135,3 +135,22 @@ def test_plot_draws_every_fold_curve(runs, tmp_path):
     vse_dir = root / "nested" / "rsicd_vse"
     assert results_table.main([str(vse_dir), "--plot", str(tmp_path / "none.png")]) == 2  # no metrics.jsonl
     assert not (tmp_path / "none.png").exists()
+
+
+def test_run_dir_json_takes_run_name_and_dataset_from_the_folds(tmp_path, capsys):
+    """test.py --run-dir --json output (no experiment/dataset keys): named after the run, dataset from config.yaml."""
+    rng = np.random.default_rng(3)
+    folds = []
+    for k in range(2):
+        fold = tmp_path / "ucm_galr" / f"fold{k}"
+        fold.mkdir(parents=True)
+        (fold / "config.yaml").write_text(yaml.safe_dump({"data": {"dataset": "ucm"}}))
+        folds.append({key: float(rng.uniform(1, 90)) for key in KEYS}
+                     | {"method": "galr", "checkpoint": str(fold / "best.pth"), "rerank": {"name": "galr", "k": 30}})
+    out = tmp_path / "rerank.json"
+    out.write_text(json.dumps({"folds": folds, "method": "galr", "checkpoint": str(tmp_path / "ucm_galr")}))
+    assert results_table.main([str(out), "--dataset", "ucm"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[2].split("|")[1:-1]
+    assert [c.strip() for c in row[:5]] == ["galr", "ucm", "ucm_galr", "galr", "2"]
+    vals = np.array([f["mR"] for f in folds])
+    assert row[-1].strip() == f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}"
