@@ -196,8 +196,9 @@ def load_split(folder: str | Path, split: str, image_dir: str | Path | None = No
     names = [n.strip() for n in read_lines(names_path, encoding)]
     if not any(captions):
         listed = f"{names_path.name} lists {len(names)} name(s)" if any(names) else f"{names_path} is empty too"
-        raise DataError(f"{caps_path} holds no caption ({len(captions)} line(s), all empty; {listed}): split "
-                        f"'{split}' has no data; fill the caption files or check data.root / data.name")
+        what = f"holds no caption ({len(captions)} line(s), all blank" if captions else "is empty (no caption lines"
+        raise DataError(f"{caps_path} {what}; {listed}): split '{split}' has no data; fill the caption files or "
+                        "check data.root / data.name")
     if ext:
         names = [n if Path(n).suffix else n + ext for n in names]
     filenames, txt2img = group_filenames(names, len(captions), names_path.name, caps_path.name)

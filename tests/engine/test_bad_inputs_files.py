@@ -90,13 +90,13 @@ def test_empty_caption_files_are_named_not_batch_size(caplog, tmp_path, out_dir)
     folder = write_precomp(tmp_path, "empty", b"", 0, b"", 0)
     assert train.main(precomp_args(tmp_path, "empty", out_dir)) == 2
     msg = error_text(caplog)
-    assert f"{folder / 'train_caps.txt'} holds no caption" in msg and "train_filename.txt is empty too" in msg
+    assert f"{folder / 'train_caps.txt'} is empty (no caption lines;" in msg and "train_filename.txt is empty too" in msg
     assert "batch_size" not in msg
     assert_untouched(out_dir)
     caplog.clear()  # blank lines only count as empty too; the test split is checked the same way
     write_precomp(tmp_path, "blank", b"\n\n  \n", 3, b"", 0)
     assert train.main(precomp_args(tmp_path, "blank", out_dir)) == 2
-    assert "train_caps.txt holds no caption (3 line(s), all empty; train_filename.txt lists 3 name(s))" in \
+    assert "train_caps.txt holds no caption (3 line(s), all blank; train_filename.txt lists 3 name(s))" in \
         error_text(caplog)
 
 
