@@ -76,8 +76,8 @@ def test_chance_level_matches_random_rankings():
 # (method, extra --set overrides): one method per family: VSE baseline, GaLR (MVSA family), SWAN, PIR (Swin/BERT).
 METHODS = [
     ("vse", ["data.image_size=32", "train.epochs=3"]),
-    ("galr", ["data.image_size=32", "model.params.image_size=32", "train.epochs=3"]),
-    ("swan", ["train.epochs=3"]),  # the profile is 32 px already
+    ("galr", ["data.image_size=32", "model.params.image_size=32", "train.epochs=4"]),
+    ("swan", ["train.epochs=5"]),  # the profile is 32 px already
     ("pir", ["train.epochs=8"]),  # 32 px already; the Swin/BERT towers from scratch need more epochs
 ]
 
