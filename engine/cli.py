@@ -27,7 +27,7 @@ log = logging.getLogger("rsitr")
 # Keys ``test.py --resume ... --set`` may change: where the data lies, how it is batched, where it runs, and the
 # evaluation section. Everything else describes the trained model and comes from the checkpoint.
 TEST_TIME_KEYS = ("data.root", "data.image_dir", "data.eval_batch_size", "data.num_workers", "data.max_images",
-                  "train.device", "train.amp", "train.num_threads", "eval.*")
+                  "data.cache", "train.device", "train.amp", "train.num_threads", "eval.*")
 
 
 class Interrupted(Exception):
@@ -163,6 +163,9 @@ def train_command(args: argparse.Namespace) -> int:
         root = experiment_dir(cfg, args.output_dir)
     if any(f < 0 or f >= max(1, cfg.data.n_folds) for f in folds):
         raise ConfigError(f"--fold {folds[0]} is outside data.n_folds={cfg.data.n_folds}")
+    from engine.preflight import check_run_files
+
+    check_run_files(cfg, ckpt["tokenizer"] if ckpt else None)  # every missing file, before any run folder is made
     results = []
     for fold in folds:
         run_dir = root / f"fold{fold}"

@@ -126,6 +126,7 @@ def test_full_fisvl_reports_every_missing_file_before_the_data(caplog, tmp_path)
         assert culprit in msg
     assert "missing files" in msg and "model.pretrained=false and data.tokenizer=vocab" in msg
     assert "dataset folder" not in msg
+    assert not (tmp_path / "runs").exists()  # checked before any run folder is made
 
 
 def test_random_init_needs_no_pretrained_file_and_names_the_tokenizer(caplog, tmp_path):
