@@ -218,10 +218,11 @@ class KAMCL(RetrievalModel):
         if not self.training:
             return out
         out["tag_target"] = self.tag_target(batch["filenames"]).to(v.device)
+        dtype = self.queue_tx.dtype  # logits in the queues' precision (float32 under bf16 autocast)
         with torch.no_grad():
-            vk = F.normalize(self.visual_k(batch["images"])[0].float(), dim=-1)
-            tk = F.normalize(self.text_k(*text)[0].float(), dim=-1)
-        vq, tq = F.normalize(v.float(), dim=-1), F.normalize(t.float(), dim=-1)
+            vk = F.normalize(self.visual_k(batch["images"])[0].to(dtype), dim=-1)
+            tk = F.normalize(self.text_k(*text)[0].to(dtype), dim=-1)
+        vq, tq = F.normalize(v.to(dtype), dim=-1), F.normalize(t.to(dtype), dim=-1)
         temp = self.p.temperature
         out["logits_img"] = torch.cat([(vq * tk).sum(-1, keepdim=True), vq @ self.queue_tx.clone()], 1) / temp
         out["logits_txt"] = torch.cat([(tq * vk).sum(-1, keepdim=True), tq @ self.queue_im.clone()], 1) / temp

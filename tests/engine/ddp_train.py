@@ -5,10 +5,15 @@ with its own batch statistics, so those alone would make 2 processes differ from
 everything else (data sharding, gathered losses, KAMCL's gathered queues), so here every Dropout has p = 0 (HF
 attention's ``dropout_prob`` too) and every BatchNorm stays in eval mode. Run as ``python tests/engine/ddp_train.py
 <train.py args>`` or under ``torchrun``.
+
+``--float64`` (first argument) runs the model in float64: the summed gradients of 1 process and the all-reduced ones
+of 2 differ by float rounding only, about 1e-7 in float32, enough to swap near-tied test pairs of a barely trained tiny
+model; in float64 that noise is about 1e-16, so final metrics can be compared at 1e-4.
 """
 import sys
 from pathlib import Path
 
+import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -36,7 +41,22 @@ def build_without_randomness(*args, **kwargs):
     return model
 
 
+def _float64_inputs(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook for every module: float32 tensors from the loader become float64."""
+    return tuple(a.double() if isinstance(a, torch.Tensor) and a.dtype == torch.float32 else a for a in args)
+
+
+def build_float64(*args, **kwargs):
+    return build_without_randomness(*args, **kwargs).double()
+
+
 runner.build_model = build_without_randomness
 
 if __name__ == "__main__":
-    sys.exit(train.main(sys.argv[1:]))
+    argv = sys.argv[1:]
+    if argv[:1] == ["--float64"]:
+        argv = argv[1:]
+        torch.set_default_dtype(torch.float64)
+        nn.modules.module.register_module_forward_pre_hook(_float64_inputs)
+        runner.build_model = build_float64
+    sys.exit(train.main(argv))
