@@ -126,6 +126,8 @@ class EvalCfg:
     # checked by the reranker's own dataclass (engine/rerank.py RERANK_PARAMS), missing keys take its defaults
     tune_rerank: bool = True  # tune the rerank settings on validation before testing (rerankers that can be tuned)
     scene_recall: tuple[int, ...] = ()  # SRR@r cut-offs to report (SWAN), e.g. [1, 5, 10]
+    amp: str = "off"  # off | bf16 | fp16: autocast while encoding val/test on CUDA; off = fp32, so metrics and the
+    # best-epoch choice do not depend on train.amp (bf16/fp16 evaluate faster, with slightly different numbers)
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.scheduler": ("step", "warmup_linear", "cosine", "constant"),
     "train.amp": ("bf16", "fp16", "off"),
+    "eval.amp": ("bf16", "fp16", "off"),
 }
 
 
@@ -359,6 +362,10 @@ def migrate(data: dict) -> dict:
             params = dict(params) if isinstance(params, dict) else {}
             params.setdefault(field_name, value)
             target[new_key] = params
+    for sec in ("train", "eval"):  # YAML 1.1 reads a bare `amp: off` as false: mean the choice "off"
+        section = data.get(sec)
+        if isinstance(section, dict) and section.get("amp") is False:
+            section["amp"] = "off"
     return data
 
 

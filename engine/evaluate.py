@@ -71,6 +71,7 @@ def evaluate(model: nn.Module, image_loader: Iterable, text_loader: Iterable, tx
 
     Args:
         txt2img: [N_cap] image index of each caption.
+        amp: autocast while encoding (``eval.amp``; ``off`` = fp32, the default; a no-op on CPU).
         rerank: ``none`` | ``galr`` | ``galr_unweighted`` with ``rerank_kw`` (k, wp1, wp2).
         img_scenes: [N_img] scene ids, needed for scene recall ``scene_rs`` (SRR@r).
 

@@ -134,12 +134,13 @@ def restore(parts: Parts, ckpt: dict) -> tuple[int, int, float, int]:
 
 def evaluate_split(cfg: Config, model: nn.Module, bundle: DataBundle, split: str, device: torch.device,
                    rerank: str = "none", rerank_kw: dict | None = None) -> tuple[dict, torch.Tensor]:
-    """Metrics of one split of ``bundle`` (``val`` or ``test``)."""
+    """Metrics of one split of ``bundle`` (``val`` or ``test``), encoded under ``eval.amp`` (fp32 by default, never
+    ``train.amp``: validation and test numbers must not depend on the training precision)."""
     data = getattr(bundle, split)
     img_loader, txt_loader = eval_loaders(data, bundle, cfg.data)
     names = {n: i for i, n in enumerate(bundle.scene_names)}
     scenes = torch.tensor([names.get(s, -1) for s in data.scenes])
-    return evaluate(model, img_loader, txt_loader, torch.tensor(data.txt2img), device, amp=cfg.train.amp,
+    return evaluate(model, img_loader, txt_loader, torch.tensor(data.txt2img), device, amp=cfg.eval.amp,
                     shard=cfg.eval.sim_shard, rerank=rerank, rerank_kw=rerank_kw, img_scenes=scenes,
                     scene_rs=tuple(cfg.eval.scene_recall))
 

@@ -102,10 +102,11 @@ def _metrics(path: Path) -> dict[str, float]:
 def test_test_py_on_cuda_matches_cpu(tiny_vse_run, device, amp, tmp_path):
     """Same checkpoint, test.py on the device and on the CPU: every recall within 1e-3 (percent points).
 
-    ``train.amp`` of the stored config decides whether evaluation encodes under autocast: both settings are checked.
+    ``eval.amp`` of the stored config decides whether evaluation encodes under autocast (``train.amp`` never does):
+    both settings are checked.
     """
     ckpt = load_checkpoint(tiny_vse_run / "best.pth")
-    ckpt["config"]["train"]["amp"] = amp
+    ckpt["config"]["eval"]["amp"] = amp
     path = tmp_path / f"best_{amp}.pth"
     save_checkpoint(path, ckpt)
     for dev in ("cpu", device.type):
