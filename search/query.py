@@ -3,8 +3,9 @@
 Used by ``scripts/search.py`` (command line) and ``search/app.py`` (the web app of ``scripts/serve.py``), so both
 rank with the same code:
 
-* text -> images: cosine top-k from the FAISS index; a method whose ``similarity`` is not the cosine (e.g. AMFMN's
-  gated text) is re-scored with the model's own ``similarity`` over a FAISS shortlist (:func:`search_text`);
+* text -> images: cosine top-k from the FAISS index; a method that declares ``pairwise_similarity`` (its
+  ``similarity`` is not the cosine, e.g. AMFMN's gated text; see ``models.base.RetrievalModel``) is re-scored with
+  the model's own ``similarity`` over a FAISS shortlist (:func:`search_text`);
 * image -> images: cosine of image embeddings (an uploaded image is encoded once; "more like this" on a result of
   the index reuses its stored embedding and encodes nothing);
 * image -> captions: the model's ``similarity`` against caption embeddings encoded once (:meth:`Searcher.captions`).
@@ -24,7 +25,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from engine.inference import Loaded, load_model_from_checkpoint
-from models.base import RetrievalModel
 from search.index import ImageIndex, load_index
 
 MAX_QUERY_CHARS = 1000
@@ -71,11 +71,6 @@ def load_model(index: ImageIndex, resume: str | None, device: str) -> Loaded:
     return loaded
 
 
-def custom_similarity(model: torch.nn.Module) -> bool:
-    """True when the method scores pairs with its own ``similarity`` (not the base-class cosine)."""
-    return type(model).similarity is not RetrievalModel.similarity
-
-
 @torch.no_grad()
 def encode_texts(loaded: Any, texts: list[str], device: str | torch.device) -> torch.Tensor:
     """Text embeddings. Returns: [M, D]."""
@@ -110,8 +105,12 @@ def encode_image(loaded: Any, img: Image.Image, name: str, device: str | torch.d
 
 @torch.no_grad()
 def search_text(loaded: Any, index: ImageIndex, txt: torch.Tensor, k: int, shortlist: int) -> tuple[list, list]:
-    """Top-k images for one text embedding [1, D]. Returns: (scores, row ids), best first."""
-    if not custom_similarity(loaded.model):
+    """Top-k images for one text embedding [1, D]. Returns: (scores, row ids), best first.
+
+    The FAISS cosine ranking, unless the model declares ``pairwise_similarity``: then its ``similarity`` re-scores
+    the ``shortlist`` best cosine candidates.
+    """
+    if not loaded.model.pairwise_similarity:
         scores, ids = index.search(txt.float().cpu().numpy(), k)
         return scores[0].tolist(), ids[0].tolist()
     _, cand = index.search(txt.float().cpu().numpy(), max(k, shortlist))
