@@ -188,7 +188,7 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
         raise ConfigError(str(e)) from None
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=sampler.local, sampler=sampler, drop_last=True,
-                      collate_fn=TrainCollate(bundle.tokenizer), generator=generator, **_loader_kwargs(cfg))
+                      collate_fn=TrainCollate(bundle.tokenizer, dataset.image_norm), generator=generator, **_loader_kwargs(cfg))
 
 
 def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple[DataLoader, DataLoader]:

@@ -26,22 +26,28 @@ class _Images:
     """Image ``i`` of a split through a transform: decoded per call, or from a :class:`data.images.PixelCache`.
 
     With the cache the transform's deterministic prefix ran once per image and only ``transform.rest`` runs here;
-    the random ops draw the same numbers in the same order, so both ways give the same tensor.
+    the random ops draw the same numbers in the same order, so both ways give the same tensor. With ``uint8`` (a
+    ``data.transforms.Pipeline`` only) the image stops before normalisation: uint8 [3, S, S].
     """
 
-    def __init__(self, split: PrecompSplit, transform: Callable, cache: bool) -> None:
+    def __init__(self, split: PrecompSplit, transform: Callable, cache: bool, uint8: bool = False) -> None:
         self.split, self.transform = split, transform
+        self.uint8 = uint8 and hasattr(transform, "normalize")
         self.cache = None
         if cache and hasattr(transform, "rest"):
             self.cache = PixelCache([split.image_path(i) for i in range(split.n_images)], transform.prefix,
                                     transform.key)
 
     def __call__(self, i: int) -> torch.Tensor:
-        if self.cache is not None:
-            if not self.transform.random:  # the rest is the tensor conversion only: skip the PIL round trip
-                return self.transform.rest(self.cache.tensor(i))
-            return self.transform.rest(self.cache[i])
-        return self.transform(load_image(self.split.image_path(i)))
+        t = self.transform
+        if self.cache is not None:  # without random ops the rest is the tensor conversion: skip the PIL round trip
+            x = t.rest(self.cache.tensor(i) if not t.random else self.cache[i])
+        elif hasattr(t, "normalize"):
+            img = load_image(self.split.image_path(i))
+            x = t.rest(t.prefix(img) if t.prefix is not None else img)
+        else:
+            return t(load_image(self.split.image_path(i)))
+        return x if self.uint8 else t.normalize(x)
 
 
 def delete_words(caption: str, p: float, rng: np.random.Generator) -> str:
@@ -77,7 +83,8 @@ class CaptionTrainDataset(Dataset):
     Args:
         split: the training split.
         tokenizer: encodes captions.
-        transform: PIL image -> float tensor [3, S, S] (a ``data.transforms.Pipeline`` for the cache).
+        transform: PIL image -> float tensor [3, S, S]; a ``data.transforms.Pipeline`` (needed for the cache) stops
+            before its normalisation: items hold uint8 images and ``image_norm`` is what finishes them.
         scene_ids: scene id of each image of ``split``.
         seed: base of the per-item random seeds.
         word_deletion: FISVL's training-time word deletion probability.
@@ -89,7 +96,8 @@ class CaptionTrainDataset(Dataset):
                  seed: int = 0, word_deletion: float = 0.0, cap_weight: Sequence[float] | None = None,
                  cache: bool = False) -> None:
         self.split, self.tokenizer, self.transform = split, tokenizer, transform
-        self.images = _Images(split, transform, cache)
+        self.images = _Images(split, transform, cache, uint8=True)
+        self.image_norm = transform.norm if self.images.uint8 else None  # [2, 3] mean, std for normalize_batch
         self.scene_ids, self.seed, self.word_deletion = list(scene_ids), seed, word_deletion
         self.cap_weight = list(cap_weight) if cap_weight is not None else [1.0] * split.n_captions
         self.ids_cache = None if word_deletion > 0 else [tokenizer.encode(c) for c in split.captions]
@@ -166,10 +174,16 @@ def _long(items: list[dict], key: str) -> torch.Tensor:
 
 
 class TrainCollate:
-    """Batch dict of the training loader (docs/ARCHITECTURE.md). Picklable for worker processes."""
+    """Batch dict of the training loader (docs/ARCHITECTURE.md). Picklable for worker processes.
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
+    Args:
+        tokenizer: pads the token ids.
+        image_norm: [2, 3] mean and std when the images are uint8 (``CaptionTrainDataset.image_norm``); it travels
+            in the batch as ``image_norm`` and ``data.transforms.normalize_batch`` applies it on the device.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, image_norm: torch.Tensor | None = None) -> None:
+        self.tokenizer, self.image_norm = tokenizer, image_norm
 
     def __call__(self, items: list[dict]) -> dict:
         batch = self.tokenizer.collate([it["ids"] for it in items])
@@ -177,6 +191,8 @@ class TrainCollate:
                      img_ids=_long(items, "img_id"), cap_ids=_long(items, "cap_id"),
                      scene_ids=_long(items, "scene_id"),
                      cap_weight=torch.tensor([it["cap_weight"] for it in items], dtype=torch.float32))
+        if self.image_norm is not None:
+            batch["image_norm"] = self.image_norm.clone()
         return batch
 
 

@@ -14,13 +14,15 @@ from torch import nn
 from engine.checkpoint import unwrap
 from core.dist import is_main, reduce_mean
 from core.errors import NonFiniteLossError
+from data.transforms import normalize_batch
 
 log = logging.getLogger(__name__)
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor of a batch to ``device`` (non-blocking); other values pass through."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """Move every tensor of a batch to ``device`` (non-blocking); other values pass through. uint8 training images
+    are normalised there (``image_norm``, see ``data.transforms.normalize_batch``)."""
+    return normalize_batch({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()})
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

@@ -9,13 +9,15 @@ from PIL import Image
 
 from data import build as build_mod
 from data.build import build_data, eval_loaders, model_context, train_loader
+from data.transforms import build_transform
+from engine.train_loop import to_device
 from data.demo import ensure_demo
 from data.presets import DATASETS, get_preset
 from core.config import ConfigError, DataCfg
 from core.errors import DataError
 
 TRAIN_KEYS = {"images", "filenames", "tokens", "lengths", "attention_mask", "img_ids", "cap_ids", "scene_ids",
-              "cap_weight"}
+              "cap_weight", "image_norm"}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,14 @@ def test_train_loader_batch(root):
     assert len(batches) == len(loader) == 160 // 8  # 32 train images x 5 captions, drop_last
     batch = batches[0]
     assert set(batch) == TRAIN_KEYS
-    assert batch["images"].shape == (8, 3, 32, 32) and batch["images"].dtype == torch.float32
+    assert batch["images"].shape == (8, 3, 32, 32) and batch["images"].dtype == torch.uint8
+    # the engine's to_device finishes the batch: each image equals the whole per-sample pipeline, bit for bit
+    pipe = build_transform(cfg.transform, True, cfg.image_size)
+    finished = to_device(dict(batch), torch.device("cpu"))
+    assert "image_norm" not in finished and finished["images"].dtype == torch.float32
+    for k in range(8):
+        img = Image.open(b.train.image_path(int(batch["img_ids"][k]))).convert("RGB")
+        assert torch.equal(finished["images"][k], pipe(img)), k  # plain: no random op
     assert batch["tokens"].dtype == torch.long and batch["tokens"].shape[0] == 8
     assert torch.equal(batch["attention_mask"].sum(1), batch["lengths"])
     assert batch["cap_weight"].tolist() == [1.0] * 8

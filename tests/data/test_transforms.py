@@ -61,11 +61,22 @@ def test_galr_train_rotates_but_amfmn_does_not():
 
 
 def test_gridmask_zeroes_a_grid():
+    # period 28 at 224 px: line ceil(0.4 * 28) = 12, squares of side 16; a 224 px window holds 8 whole periods
+    # in each direction, so whatever the offsets, (16 / 28)^2 of the pixels are zeroed, the same in every channel
+    x = torch.full((3, 224, 224), 200, dtype=torch.uint8)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        out = GridMask(p=1.0, d_min=28, d_max=28, rotate=1)(x)
+        assert out.dtype == torch.uint8 and set(out.unique().tolist()) == {0, 200}
+        assert (out[0] == 0).float().mean().item() == pytest.approx((16 / 28) ** 2, abs=1e-6)
+        assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+        rows = (out[0] == 0).any(dim=1)  # without rotation, 8 bands of 16 rows hold the squares
+        assert int(rows.sum()) == 8 * 16
     torch.manual_seed(0)
-    x = torch.ones(3, 40, 40)
-    out = GridMask(p=1.0, d_min=0.25, d_max=0.25, ratio=0.5)(x)  # period 10, hole side 5
-    frac = (out[0] == 0).float().mean().item()
-    assert frac == pytest.approx(0.25) and torch.equal(out[0], out[1])
+    rotated = [GridMask(p=1.0, d_min=28, d_max=28)(x)[0] == 0 for _ in range(4)]
+    assert any(int(r.any(dim=1).sum()) > 8 * 16 for r in rotated)  # a turned grid leaves no row free of squares
+    for r in rotated:  # and a rotation keeps the zeroed share near (16 / 28)^2
+        assert r.float().mean().item() == pytest.approx((16 / 28) ** 2, abs=0.04)
     assert torch.equal(GridMask(p=0.0)(x), x)
 
 
@@ -97,3 +108,24 @@ def test_fused_tensor_conversion_is_torchvisions_bit_for_bit(img, mean, std):
     fused = ToNormalizedTensor(mean, std)
     assert torch.equal(fused(img), ref(img))
     assert torch.equal(fused(torch.from_numpy(np.array(img)).permute(2, 0, 1)), ref(img))  # uint8 tensor input
+
+
+def test_randaugment_geometric_ops_fill_grey():
+    # BLIP's RandomAugment (PIR, FISVL) gives the pixels a rotation uncovers the value 128
+    white = torch.full((3, 64, 64), 255, dtype=torch.uint8)
+    out = RestrictedRandAugment(2, 7)._apply(white, "rotate")
+    assert out[:, 0, 0].tolist() == [128, 128, 128] and out[:, 32, 32].tolist() == [255, 255, 255]
+
+
+def test_fisvl_erasing_and_gridmask_paint_black_before_normalisation():
+    # FISVL erases on the [0, 1] tensor and then normalises: an erased pixel of a white image is (0 - mean) / std
+    white = Image.new("RGB", (64, 64), (255, 255, 255))
+    black = torch.tensor([(0 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
+    pipe = build_transform("fisvl", True, 64)
+    found = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        x = pipe(white)
+        hit = (x - black.view(3, 1, 1)).abs().amax(0) < 1e-6
+        found += bool(hit.any())
+    assert found >= 10  # P(erasing or GridMask) = 1 - 0.5 * 0.6 = 0.7 per image
