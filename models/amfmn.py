@@ -62,7 +62,11 @@ class AMFMNParams:
 
 
 def check_assets(cfg: ModelCfg, p: Any, extra: list[str] | None = None) -> None:
-    """With ``cfg.pretrained``, raise ONE error naming every missing pretrained file (``extra``: more lines)."""
+    """With ``cfg.pretrained``, raise ONE error naming every missing pretrained file (``extra``: more lines).
+
+    Redundant: ``build_model`` and ``engine/preflight.py`` check :func:`amfmn_required_files` before any build, so
+    AMFMN no longer calls it; kept only while ``models/galr.py`` still does (delete both together).
+    """
     if not cfg.pretrained:
         return
     missing = []
@@ -123,7 +127,6 @@ class AMFMN(RetrievalModel):
 
     def __init__(self, cfg: ModelCfg, params: AMFMNParams, ctx: ModelContext) -> None:
         super().__init__()
-        check_assets(cfg, params)
         self.p = params
         self.image = MVSAImageTower(cfg.embed_dim, params.image_size, params.backbone, cfg.pretrained,
                                     params.resnet_weights, normalize=False)

@@ -47,13 +47,12 @@ from torch import nn
 
 from core.config import ModelCfg
 from core.dist import all_gather_with_grad
-from core.errors import ConfigError, MissingFileError
+from core.errors import ConfigError
 from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
 from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
 from models.encoders.gpo import GPO
-from models.encoders.skipthoughts import (UniSkip, missing_skipthought_files, skipthought_required_files,
-                                          upstream_uniskip_keys)
+from models.encoders.skipthoughts import UniSkip, skipthought_required_files, upstream_uniskip_keys
 from models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -170,8 +169,6 @@ class KAMCL(RetrievalModel):
         super().__init__()
         if ctx.vocab_size <= 1 or ctx.vocab_words is None:
             raise ConfigError("kamcl needs a word vocabulary (data.tokenizer: vocab)")
-        if cfg.pretrained:
-            _check_files(params)
         dim, self.p = cfg.embed_dim, params
         self.visual_q = VisualEncoder(params, dim, cfg.pretrained)
         self.text_q = TextEncoder(params, dim, ctx.vocab_words, cfg.pretrained,
@@ -318,18 +315,3 @@ def load_tags(p: KAMCLParams, dim: int) -> tuple[list[str], dict[str, torch.Tens
                     y[index[w]] = float(c) / top
         targets[name.strip()] = y
     return words, targets
-
-
-def _check_files(p: KAMCLParams) -> None:
-    """Raise one error naming every missing pretrained / tag file."""
-    missing = []
-    if not p.backbone_weights or not Path(p.backbone_weights).is_file():
-        missing.append(f"{p.backbone_weights or '(model.params.backbone_weights unset)'} ({p.arch} ImageNet weights, "
-                       f"torchvision resnet18-f37072fd.pth)")
-    missing += missing_skipthought_files(p.skipthought_dir)
-    for path, what in ((p.tags_path, "per-image tags"), (p.tag_vocab_path, "tag vocabulary")):
-        if not Path(path).is_file():
-            missing.append(f"{path} ({what}; make it with scripts/build_tags.py)")
-    if missing:
-        raise MissingFileError("kamcl: missing files:\n  " + "\n  ".join(missing) +
-                                "\n(or use model.pretrained=false for random init)")

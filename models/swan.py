@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -44,7 +43,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.config import ModelCfg
-from core.errors import ConfigError, MissingFileError
+from core.errors import ConfigError
 from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
 from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
@@ -209,7 +208,8 @@ class SWAN(RetrievalModel):
         """Backbone weights and, when ``glove_path`` is set, the GloVe file (pretrained only)."""
         if not cfg.pretrained:
             return []
-        return resnet_required_files(params.backbone_weights, f"{params.arch} weights, the AID RSP or ImageNet file",
+        return resnet_required_files(params.backbone_weights, f"{params.arch} weights, the AID RSP checkpoint "
+                                     "aid_28-rsp-resnet-50-ckpt.pth or torchvision's resnet50-19c8e357.pth",
                                      "model.params.backbone_weights") + glove_required_files(params.glove_path)
 
     def __init__(self, cfg: ModelCfg, params: SWANParams, ctx: ModelContext) -> None:
@@ -218,9 +218,7 @@ class SWAN(RetrievalModel):
             raise ConfigError("swan needs a word vocabulary (data.tokenizer: vocab)")
         if params.backbone_bn not in ("eval", "train"):
             raise ConfigError(f"model.params.backbone_bn must be 'eval' or 'train', got '{params.backbone_bn}'")
-        if cfg.pretrained:
-            _check_files(params)
-        elif not params.finetune_backbone:
+        if not cfg.pretrained and not params.finetune_backbone:
             log.warning("swan: random-init backbone kept frozen (finetune_backbone: false); image features are noise")
         self.p, dim, compat = params, cfg.embed_dim, cfg.upstream_compat
         self.backbone = build_resnet(params.arch, cfg.pretrained, params.backbone_weights,
@@ -286,17 +284,3 @@ class SWAN(RetrievalModel):
                     used.add(key)
                     break
         return out, used
-
-
-def _check_files(p: SWANParams) -> None:
-    """Raise one error naming every missing pretrained file."""
-    missing = []
-    if not p.backbone_weights or not Path(p.backbone_weights).is_file():
-        missing.append(f"{p.backbone_weights or '(model.params.backbone_weights unset)'}: {p.arch} weights, the "
-                       f"AID RSP checkpoint aid_28-rsp-resnet-50-ckpt.pth or torchvision's resnet50-19c8e357.pth")
-    if p.glove_path and not Path(p.glove_path).is_file():
-        missing.append(f"{p.glove_path}: GloVe 840B 300-d vectors (text file glove.840B.300d.txt); or set "
-                       f"model.params.glove_path='' for random word embeddings")
-    if missing:
-        raise MissingFileError("swan: missing pretrained files — " + "; ".join(missing) +
-                                " (or use model.pretrained=false for random init)")

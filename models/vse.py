@@ -10,8 +10,9 @@ pooled features instead of precomputed ones, GRU over packed sequences (no sorti
 """
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import timm
@@ -21,10 +22,15 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.config import ModelCfg
-from core.errors import ConfigError, MissingFileError
+from core.errors import ConfigError
 from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
+from models.encoders.pretrained import load_matching, read_state
 from models.registry import MODELS
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_KEY = "model.params.backbone_weights"
 
 
 @dataclass(frozen=True)
@@ -39,14 +45,28 @@ class VSEParams:
 
 
 def _build_backbone(p: VSEParams, pretrained: bool) -> nn.Module:
-    if not pretrained:
-        return timm.create_model(p.backbone, pretrained=False, num_classes=0)
-    if not p.backbone_weights or not Path(p.backbone_weights).is_file():
-        raise MissingFileError(
-            f"missing pretrained file: {p.backbone_weights or '(model.params.backbone_weights not set)'} — expected the "
-            f"ImageNet weights of timm model '{p.backbone}'; or set model.pretrained=false for random init")
-    return timm.create_model(p.backbone, pretrained=True, num_classes=0,
-                             pretrained_cfg_overlay=dict(file=p.backbone_weights))
+    """The timm trunk (no classifier); with ``pretrained``, its weights from ``backbone_weights``.
+
+    timm's own file loading (``pretrained_cfg_overlay``) drops the classifier and loads with ``strict=False``, so an
+    empty or unrelated file passed silently; here the file must fill 90 % of the trunk
+    (:func:`models.encoders.pretrained.load_matching`), else a DataError names the file and the config key. The
+    presence of the file is checked before the build (``required_files``).
+    """
+    net = timm.create_model(p.backbone, pretrained=False, num_classes=0)
+    if pretrained:
+        state = read_state(p.backbone_weights, WEIGHTS_KEY)
+        # the layout conversion timm applies to its own files (ViT, ConvNeXt, Swin, ...), where the family has one
+        convert = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
+        if convert is not None:
+            try:
+                state = convert(state, net)
+            except (KeyError, RuntimeError, ValueError, IndexError):  # not this family's file: coverage says so
+                pass
+        unused = load_matching(net, state, p.backbone_weights, f"the image backbone (timm '{p.backbone}')",
+                               WEIGHTS_KEY)
+        if unused:
+            log.info("%s: %d tensors not used (%s ...)", p.backbone_weights, len(unused), ", ".join(unused[:3]))
+    return net
 
 
 class GRUText(nn.Module):
@@ -85,7 +105,7 @@ class VSE(RetrievalModel):
     @classmethod
     def required_files(cls, cfg: ModelCfg, params: VSEParams) -> list[RequiredFile]:
         """The timm backbone weights (pretrained only)."""
-        return [RequiredFile("model.params.backbone_weights", params.backbone_weights,
+        return [RequiredFile(WEIGHTS_KEY, params.backbone_weights,
                              f"ImageNet weights of timm model '{params.backbone}'")] if cfg.pretrained else []
 
     def __init__(self, cfg: ModelCfg, params: VSEParams, ctx: ModelContext) -> None:
