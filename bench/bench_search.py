@@ -25,6 +25,7 @@ import time  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from engine.benchmark import latency_ms, markdown_table  # noqa: E402
 from search.index import build_faiss, normalize, topk_agreement  # noqa: E402
 
 
@@ -76,9 +77,9 @@ def time_queries(index: faiss.Index, q: np.ndarray, k: int, threads: int) -> tup
 
 
 def row(name: str, build_s: float, lat: np.ndarray, recall: float, params: dict) -> dict:
-    return {"index": name, "build_s": round(build_s, 2), "query_median_ms": round(float(np.median(lat)), 3),
-            "query_p95_ms": round(float(np.percentile(lat, 95)), 3), "recall_at_k": round(recall, 4),
-            "params": params}
+    median_ms, p95_ms = latency_ms(lat, 3)
+    return {"index": name, "build_s": round(build_s, 2), "query_median_ms": median_ms, "query_p95_ms": p95_ms,
+            "recall_at_k": round(recall, 4), "params": params}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -110,12 +111,13 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(res: dict) -> str:
     head = (f"n={res['n']:,} d={res['dim']} ({res['data']}), {res['queries']} single queries, k={res['k']}, "
-            f"faiss {res['faiss']}, build on {res['threads']} threads, queries on {res['query_threads']}\n\n"
-            f"| index | build (s) | query median (ms) | query p95 (ms) | recall@{res['k']} vs exact | params |\n"
-            "|---|---:|---:|---:|---:|---|\n")
-    return head + "".join(f"| {r['index']} | {r['build_s']:.1f} | {r['query_median_ms']:.2f} | "
-                          f"{r['query_p95_ms']:.2f} | {r['recall_at_k']:.3f} | "
-                          f"{', '.join(f'{k}={v}' for k, v in r['params'].items())} |\n" for r in res["rows"])
+            f"faiss {res['faiss']}, build on {res['threads']} threads, queries on {res['query_threads']}\n\n")
+    columns = (("index", "l"), ("build (s)", "r"), ("query median (ms)", "r"), ("query p95 (ms)", "r"),
+               (f"recall@{res['k']} vs exact", "r"), ("params", "l"))
+    return head + markdown_table(columns, ([r["index"], f"{r['build_s']:.1f}", f"{r['query_median_ms']:.2f}",
+                                            f"{r['query_p95_ms']:.2f}", f"{r['recall_at_k']:.3f}",
+                                            ", ".join(f"{k}={v}" for k, v in r["params"].items())]
+                                           for r in res["rows"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from engine.benchmark import latency_ms, markdown_table  # noqa: E402
 from search.index import load_index, normalize, write_index  # noqa: E402
 from search.query import Searcher  # noqa: E402
 
@@ -132,10 +133,9 @@ def in_process(searcher: Searcher, queries: list[str], k: int) -> np.ndarray:
 
 
 def row(index: str, n: int, mode: str, lat: np.ndarray, wall: float, base_p50: float) -> dict:
-    p50 = float(np.median(lat))
-    return {"index": index, "n": n, "mode": mode, "p50_ms": round(p50, 2),
-            "p95_ms": round(float(np.percentile(lat, 95)), 2), "qps": round(len(lat) / wall, 1),
-            "p50_vs_in_process": round(p50 / base_p50, 2)}
+    p50_ms, p95_ms = latency_ms(lat, 2)
+    return {"index": index, "n": n, "mode": mode, "p50_ms": p50_ms, "p95_ms": p95_ms, "qps": round(len(lat) / wall, 1),
+            "p50_vs_in_process": round(float(np.median(lat)) / base_p50, 2)}
 
 
 def bench_index(name: str, index: Path, searcher: Searcher, queries: list[str], args: argparse.Namespace
@@ -158,13 +158,16 @@ def bench_index(name: str, index: Path, searcher: Searcher, queries: list[str], 
     return rows
 
 
+COLUMNS = (("index", "l"), ("images", "r"), ("mode", "l"), ("p50 (ms)", "r"), ("p95 (ms)", "r"), ("queries/s", "r"),
+           ("p50 / in-process p50", "r"))
+
+
 def markdown(res: dict) -> str:
     head = (f"{res['queries']} distinct text queries per row, k={res['k']}, model {res['model']} (d={res['dim']}), "
-            f"{res['cpus']} CPUs, loopback\n\n"
-            "| index | images | mode | p50 (ms) | p95 (ms) | queries/s | p50 / in-process p50 |\n"
-            "|---|---:|---|---:|---:|---:|---:|\n")
-    return head + "".join(f"| {r['index']} | {r['n']:,} | {r['mode']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-                          f"{r['qps']:.1f} | {r['p50_vs_in_process']:.2f} |\n" for r in res["rows"])
+            f"{res['cpus']} CPUs, loopback\n\n")
+    return head + markdown_table(COLUMNS, ([r["index"], f"{r['n']:,}", r["mode"], f"{r['p50_ms']:.1f}",
+                                           f"{r['p95_ms']:.1f}", f"{r['qps']:.1f}", f"{r['p50_vs_in_process']:.2f}"]
+                                          for r in res["rows"]))
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
