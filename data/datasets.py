@@ -160,13 +160,19 @@ class CaptionDataset(Dataset):
 
 def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
     """``torch.stack`` that, inside a loader worker, writes straight into shared memory (as torch's default_collate
-    does): the batch then reaches the main process without a second copy."""
+    does): the batch then reaches the main process without a second copy.
+
+    Images that are channel-last views ([3, H, W] over an [H, W, 3] array, as the uint8 pipelines make them) are
+    stacked as [B, H, W, 3] (a plain copy, not a strided gather) and returned as the [B, 3, H, W] view of that."""
+    hwc = all(x.dim() == 3 and x.shape[0] == 3 and x.stride(0) == 1 for x in images)
+    parts = [x.permute(1, 2, 0) for x in images] if hwc else images
     out = None
     if torch.utils.data.get_worker_info() is not None:
-        first = images[0]
-        storage = first._typed_storage()._new_shared(len(images) * first.numel(), device=first.device)
-        out = first.new(storage).resize_(len(images), *first.shape)
-    return torch.stack(images, out=out)
+        first = parts[0]
+        storage = first._typed_storage()._new_shared(len(parts) * first.numel(), device=first.device)
+        out = first.new(storage).resize_(len(parts), *first.shape)
+    out = torch.stack(parts, out=out)
+    return out.permute(0, 3, 1, 2) if hwc else out
 
 
 def _long(items: list[dict], key: str) -> torch.Tensor:

@@ -139,6 +139,34 @@ class PILGaussianBlur(torch.nn.Module):
         return img.filter(ImageFilter.GaussianBlur(radius=lo + (hi - lo) * float(torch.rand(()))))
 
 
+class RandomRotateCrop(torch.nn.Module):
+    """``v2.RandomRotation(degrees)`` (nearest, black corners) then ``v2.RandomCrop(size)`` then :class:`ToUint8Tensor`
+    in one step: the same random draws in the same order and the same pixels as those three torchvision ops, without
+    their per-call dispatch, and the crop is a view of the rotated array (one copy less). PIL image in, uint8
+    [3, size, size] channel-last view out.
+
+    Args:
+        size: output side.
+        degrees: (min, max) rotation angle, or None for no rotation (AMFMN).
+    """
+
+    def __init__(self, size: int, degrees: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        self.size, self.degrees = size, degrees
+
+    def forward(self, img: Image.Image) -> torch.Tensor:
+        if self.degrees is not None:
+            angle = torch.empty(1).uniform_(self.degrees[0], self.degrees[1]).item()
+            img = img.rotate(angle, resample=Image.Resampling.NEAREST, expand=False, fillcolor=(0, 0, 0))
+        w, h = img.size
+        s = self.size
+        if h < s or w < s:
+            raise ValueError(f"crop size {s} is larger than the image ({h} x {w})")
+        top = int(torch.randint(0, h - s + 1, size=())) if h > s else 0
+        left = int(torch.randint(0, w - s + 1, size=())) if w > s else 0
+        return torch.from_numpy(np.array(img)[top:top + s, left:left + s]).permute(2, 0, 1)
+
+
 class ToUint8Tensor(torch.nn.Module):
     """RGB PIL image -> uint8 tensor [3, H, W] (a uint8 tensor passes through)."""
 
@@ -174,7 +202,9 @@ def normalize_batch(batch: dict) -> dict:
     norm = batch.pop("image_norm", None)
     if norm is not None:
         mean, std = norm.to(torch.float32).view(2, 3, 1, 1)
-        batch["images"] = batch["images"].contiguous().to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
+        images = batch["images"]  # often a channel-last view: the copy below makes it contiguous while converting
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images)
+        batch["images"] = out.mul_(1.0 / 255).sub_(mean).div_(std)
     return batch
 
 
@@ -222,8 +252,8 @@ def galr(train: bool, s: int, rotate: bool = True) -> Pipeline:
     if not train:
         return plain(train, s)
     big = round(278 * s / 256)
-    rot = [v2.RandomRotation(degrees=(0.0, 90.0))] if rotate else []
-    return Pipeline([v2.Resize((big, big))], rot + [v2.RandomCrop(s)] + _finish(), IMAGENET_MEAN, IMAGENET_STD)
+    rotate_crop = RandomRotateCrop(s, (0.0, 90.0) if rotate else None)  # = v2.RandomRotation, v2.RandomCrop
+    return Pipeline([v2.Resize((big, big))], [rotate_crop], IMAGENET_MEAN, IMAGENET_STD)
 
 
 @PIPELINES.register("amfmn")

@@ -129,3 +129,18 @@ def test_fisvl_erasing_and_gridmask_paint_black_before_normalisation():
         hit = (x - black.view(3, 1, 1)).abs().amax(0) < 1e-6
         found += bool(hit.any())
     assert found >= 10  # P(erasing or GridMask) = 1 - 0.5 * 0.6 = 0.7 per image
+
+
+@pytest.mark.parametrize("degrees", [(0.0, 90.0), None])
+def test_rotate_crop_is_torchvisions_rotation_then_crop(degrees):
+    # the fused GaLR / AMFMN step draws the same numbers and gives the same pixels as torchvision's own ops
+    from data.transforms import RandomRotateCrop
+    src = Image.fromarray(np.random.default_rng(1).integers(0, 256, (70, 70, 3), dtype=np.uint8))
+    ref = v2.Compose(([v2.RandomRotation(degrees=degrees)] if degrees else []) + [v2.RandomCrop(64), v2.PILToTensor()])
+    fused = RandomRotateCrop(64, degrees)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        want = ref(src)
+        torch.manual_seed(seed)
+        got = fused(src)
+        assert got.dtype == torch.uint8 and torch.equal(got, want), seed
