@@ -8,6 +8,7 @@ folder), checks that the images it will read exist, and builds the tokenizer. ``
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +26,7 @@ from core.errors import MissingFileError
 from data.folds import check_leakage, make_folds, write_split_files
 from data.images import check_images, fill_cache
 from data.precomp import NONECLASS, PrecompSplit, load_split, truncate
-from data.presets import get_preset, resolve_folders
+from data.presets import Preset, get_preset, resolve_folders
 from data.tokenize import Tokenizer, build_tokenizer, tokenizer_from_state, vocab_report
 from data.transforms import build_transform
 
@@ -58,6 +59,13 @@ class DataBundle:
         """Scene id of every image of ``split`` (scenes unseen in training map to ``noneclass``)."""
         index = {s: i for i, s in enumerate(self.scene_names)}
         return [index.get(s, index[NONECLASS]) for s in split.scenes]
+
+
+def _scenes(split: PrecompSplit, preset: Preset) -> PrecompSplit:
+    """``split`` with the preset's own scene rule applied (UCM: the class of the image number), if it has one."""
+    if preset.scene is None:
+        return split
+    return dataclasses.replace(split, scenes=[preset.scene(n) for n in split.filenames])
 
 
 def _scene_names(scenes: Sequence[str]) -> list[str]:
@@ -99,14 +107,15 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
     """
     where = f" ({source})" if source else ""
     folder, image_dir = resolve_folders(cfg)
-    ext = get_preset(cfg).ext
+    preset = get_preset(cfg)
+    ext = preset.ext
     want_train = "train" in splits or "val" in splits or (tokenizer_state is None and cfg.tokenizer == "vocab"
                                                            and not cfg.vocab)
     has_train = (folder / "train_caps.txt").is_file()
     if want_train and not has_train:
         raise MissingFileError(f"{folder} has no train_caps.txt{where}; this dataset can only be evaluated "
                                 "(give a tokenizer via data.vocab / a checkpoint and use splits=('test',))")
-    full_all = load_split(folder, "train", image_dir, False, ext, cfg.encoding) if has_train else None
+    full_all = _scenes(load_split(folder, "train", image_dir, False, ext, cfg.encoding), preset) if has_train else None
     train = val = None
     if want_train and full_all is not None:
         full = truncate(full_all, cfg.max_images)
@@ -117,7 +126,7 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
                  len(tr_idx), len(va_idx))
         if run_dir is not None and dist.is_main():
             write_split_files(Path(run_dir) / "splits", full, tr_idx, va_idx)
-    test = truncate(load_split(folder, "test", image_dir, False, ext, cfg.encoding), cfg.max_images)
+    test = truncate(_scenes(load_split(folder, "test", image_dir, False, ext, cfg.encoding), preset), cfg.max_images)
     used = [(n, sp) for n, sp in (("train", train), ("val", val), ("test", test)) if sp is not None and n in splits]
     check_images([sp.image_path(i) for _, sp in used for i in range(sp.n_images)],  # all bad files in one error
                  f"split(s) {', '.join(n for n, _ in used)} of {folder}")
@@ -188,7 +197,8 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
         raise ConfigError(str(e)) from None
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=sampler.local, sampler=sampler, drop_last=True,
-                      collate_fn=TrainCollate(bundle.tokenizer, dataset.image_norm), generator=generator, **_loader_kwargs(cfg))
+                      collate_fn=TrainCollate(bundle.tokenizer, dataset.image_norm), generator=generator,
+                      **_loader_kwargs(cfg))
 
 
 def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple[DataLoader, DataLoader]:

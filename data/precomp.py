@@ -19,7 +19,8 @@ and the captions of every image are explicit lists (``txt2img``, ``img2txt``).
 Empty caption lines (RSITMD train has 20, around line 9631) are kept as empty strings, so caption indices stay those
 of the file; the tokenizers encode them as a single padding token of length 1, the upstream "length 0 -> 1" rule.
 The scene of an image is its filename prefix before the first ``_``; names without ``_`` (RSICD's 5-digit names,
-UCM, Sydney) or with a numeric prefix have no scene and get ``noneclass``.
+Sydney) or with a numeric prefix have no scene and get ``noneclass``. (UCM's numbered images get their UC Merced
+class from the ``ucm`` preset, ``data.presets.ucm_scene``.)
 """
 from __future__ import annotations
 

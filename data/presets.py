@@ -8,6 +8,12 @@ GaLR ``*_precomp`` layout (METHODS.md A1) for every preset. ``data.dataset: prec
 Image folders are not part of the upstream releases (they are distributed through cloud drives); put or link the
 images of a benchmark into ``<root>/<stem>_precomp/images/`` or set ``data.image_dir``. UCM's image folder can be
 made from the UC Merced LandUse classification set with ``prepare_ucm`` (``scripts/prepare_ucm.py``).
+
+Scenes: an image's scene is its filename prefix (``data.precomp.scene_of``), except where a preset knows better.
+UCM-Captions names its images ``1`` .. ``2100`` with no prefix, but image N is UC Merced class (N-1)//100 in
+alphabetical order (the numbering ``prepare_ucm`` inverts), so the ``ucm`` preset gives each image its class
+(``ucm_scene``); without that every UCM image was ``noneclass``, scene-stratified folds were plain random ones and
+PIR/FISVL's affiliation loss was the constant ln(batch size).
 """
 from __future__ import annotations
 
@@ -15,10 +21,12 @@ import filecmp
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from core.config import ConfigError, DataCfg
 from core.registry import Registry
 from core.errors import DataError, MissingFileError
+from data.precomp import NONECLASS
 
 DATASETS = Registry("dataset")
 
@@ -33,6 +41,7 @@ class Preset:
         ext: image extension, appended to filenames that have none (the real files list names with extension).
         splits: the caption splits the release ships.
         generated: the folder is generated on first use (the demo set).
+        scene: filename -> scene, for benchmarks whose names do not carry it (None: the filename prefix).
     """
 
     stem: str
@@ -40,12 +49,28 @@ class Preset:
     ext: str = ".jpg"
     splits: tuple[str, ...] = ("train", "test")
     generated: bool = False
+    scene: Callable[[str], str] | None = None
+
+
+# ------------------------------------------------------------------------------------------ UCM image numbering
+UCM_CLASSES = ("agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral", "denseresidential",
+               "forest", "freeway", "golfcourse", "harbor", "intersection", "mediumresidential", "mobilehomepark",
+               "overpass", "parkinglot", "river", "runway", "sparseresidential", "storagetanks", "tenniscourt")
+UCM_IMAGES = 2100
+
+
+def ucm_scene(filename: str) -> str:
+    """UC Merced class of UCM-Captions image ``N.<ext>`` (class (N-1)//100); ``noneclass`` for other names."""
+    stem = Path(filename).stem
+    if stem.isdigit() and 1 <= int(stem) <= UCM_IMAGES:
+        return UCM_CLASSES[(int(stem) - 1) // 100]
+    return NONECLASS
 
 
 for _name, _preset in {
     "rsicd": Preset("rsicd", ext=".jpg"),
     "rsitmd": Preset("rsitmd", ext=".tif"),
-    "ucm": Preset("ucm", ext=".tif"),
+    "ucm": Preset("ucm", ext=".tif", scene=ucm_scene),
     "sydney": Preset("sydney", ext=".tif"),
     "nwpu": Preset("nwpu", ext=".jpg"),  # KAMCL's NWPU-Captions release: test split only
     "demo": Preset("demo", ext=".png", generated=True),
@@ -73,6 +98,7 @@ def get_preset(cfg: DataCfg) -> Preset:
         ext=base.ext,
         splits=base.splits,
         generated=base.generated and not cfg.name,
+        scene=base.scene,
     )
 
 
@@ -100,12 +126,6 @@ def resolve_folders(cfg: DataCfg) -> tuple[Path, Path]:
 
 
 # ------------------------------------------------------------------------------------------ UCM image folder
-UCM_CLASSES = ("agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral", "denseresidential",
-               "forest", "freeway", "golfcourse", "harbor", "intersection", "mediumresidential", "mobilehomepark",
-               "overpass", "parkinglot", "river", "runway", "sparseresidential", "storagetanks", "tenniscourt")
-UCM_IMAGES = 2100
-
-
 def ucm_source(n: int) -> tuple[str, str]:
     """(class folder, file name) in UC Merced LandUse of UCM-Captions image ``n.tif`` (1..2100).
 

@@ -34,19 +34,17 @@ Deliberate differences from upstream:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from core.config import ConfigError, ModelCfg
-from core.errors import MissingFileError
 from models.base import ModelContext, RetrievalModel
 from core.files import RequiredFile
 from models.encoders.cnn import resnet_required_files
 from models.encoders.mvsa import MVSAImageTower, upstream_tower_keys
-from models.encoders.skipthoughts import SkipThoughtText, missing_skipthought_files, skipthought_required_files
+from models.encoders.skipthoughts import SkipThoughtText, skipthought_required_files
 from models.registry import MODELS
 
 
@@ -59,26 +57,6 @@ class AMFMNParams:
     dim_word: int = 620  # uni-skip word embedding size
     dim_hidden: int = 2400  # uni-skip GRU hidden size
     text_dropout: float = 0.25  # variational dropout inside the GRU (training)
-
-
-def check_assets(cfg: ModelCfg, p: Any, extra: list[str] | None = None) -> None:
-    """With ``cfg.pretrained``, raise ONE error naming every missing pretrained file (``extra``: more lines).
-
-    Redundant: ``build_model`` and ``engine/preflight.py`` check :func:`amfmn_required_files` before any build, so
-    AMFMN no longer calls it; kept only while ``models/galr.py`` still does (delete both together).
-    """
-    if not cfg.pretrained:
-        return
-    missing = []
-    if not p.resnet_weights or not Path(p.resnet_weights).is_file():
-        missing.append(f"{p.resnet_weights or '(model.params.resnet_weights unset)'} (ImageNet {p.backbone} "
-                       f"weights, torchvision layout; model.params.resnet_weights)")
-    if p.skipthought_dir:
-        missing += [f"{m}; model.params.skipthought_dir" for m in missing_skipthought_files(p.skipthought_dir)]
-    missing += extra or []
-    if missing:
-        raise MissingFileError("missing pretrained files:\n  " + "\n  ".join(missing) +
-                                "\nput them there, change the paths in model.params, or set model.pretrained=false")
 
 
 def amfmn_required_files(cfg: ModelCfg, p: Any) -> list[RequiredFile]:

@@ -56,7 +56,7 @@ import torch
 
 from core.config import ConfigError, ModelCfg
 from core.files import RequiredFile
-from models.amfmn import AMFMNParams, amfmn_required_files, check_assets, text_tower
+from models.amfmn import AMFMNParams, amfmn_required_files, text_tower
 from models.base import ModelContext, RetrievalModel
 from models.encoders.galr_local import GCN, BackboneRegions, LocalFeatureBank
 from models.encoders.midf import MIDF, upstream_to_own
@@ -105,11 +105,6 @@ class GaLR(RetrievalModel):
         if params.local_source == "npy" and not params.local_path:
             raise ConfigError("model.params.local_source=npy needs model.params.local_path (the upstream GaLR DREA "
                               ".npy); without it set local_source to 'backbone' or 'zeros'")
-        extra = []
-        if params.local_source == "npy" and not os.path.isfile(params.local_path):
-            extra.append(f"{params.local_path} (GaLR DREA local features .npy; model.params.local_path, or set "
-                         f"model.params.local_source=backbone)")
-        check_assets(cfg, params, extra)
         self.p = params
         self.image = MVSAImageTower(cfg.embed_dim, params.image_size, params.backbone, cfg.pretrained,
                                     params.resnet_weights, normalize=True)

@@ -56,3 +56,16 @@ def test_all_2100_images_load(ucm):
         item = ds[(0, j)]
         assert item["image"].shape == (3, 32, 32)
     clear_cache()
+
+
+def test_ucm_images_carry_their_uc_merced_class(ucm):
+    # image N is class (N-1)//100: 21 classes, the official split holds 90 train and 10 test images of each, and a
+    # scene-stratified 80/20 fold keeps 72 / 18 of each class's 90
+    cfg = load_config("configs/tests/tiny_vse.yaml", ["data.dataset=ucm", f"data.root={ucm}", "data.vocab=",
+                                                      "data.max_images=0", "data.protocol=stratified",
+                                                      "data.val_ratio=0.2"])
+    bundle = build_data(cfg.data)
+    assert len(bundle.scene_names) == 22 and bundle.scene_names[-1] == "noneclass"
+    for split, per_class in ((bundle.train, 72), (bundle.val, 18), (bundle.test, 10)):
+        ids = torch.tensor(bundle.scene_ids(split))
+        assert torch.bincount(ids, minlength=22).tolist() == [per_class] * 21 + [0], split.split

@@ -4,7 +4,8 @@ import csv
 
 import pytest
 
-from data.presets import UCM_CLASSES, ucm_source
+from data.precomp import NONECLASS
+from data.presets import UCM_CLASSES, ucm_scene, ucm_source
 from scripts import prepare_ucm
 
 
@@ -39,6 +40,13 @@ def test_mapping_matches_the_shared_list(shared_data):
     for row in rows:
         n = int(row["ucm_captions_file"].removesuffix(".tif"))
         assert ucm_source(n) == (row["class"], row["ucmerced_original_file"]), row
+        assert ucm_scene(row["ucm_captions_file"]) == ucm_scene(f"{n}.jpg") == row["class"], row  # the UCM scenes
+
+
+def test_ucm_scene_of_other_names_is_noneclass():
+    assert [ucm_scene(n) for n in ("0.jpg", "2101.tif", "airport_1.jpg", "x.jpg")] == [NONECLASS] * 4
+    assert (ucm_scene("100.tif"), ucm_scene("101.tif"), ucm_scene("2100.tif")) == ("agricultural", "airplane",
+                                                                                   "tenniscourt")
 
 
 def test_copies_every_image(fake_tree, tmp_path, capsys):
