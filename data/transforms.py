@@ -112,8 +112,8 @@ class GridMask(torch.nn.Module):
         lo = max(2, round(self.d_min * min(h, w) / 224))
         d = int(torch.randint(lo, max(lo + 1, round(self.d_max * min(h, w) / 224)), ()).item())
         line = math.ceil(d * self.ratio)
-        oy, ox, angle = (int(v) for v in (torch.randint(d, ()), torch.randint(d, ()),
-                                                          torch.randint(self.rotate, ())))
+        oy, ox = (int(torch.randint(d, ())) for _ in range(2))
+        angle = int(torch.randint(self.rotate, ()))
         idx = torch.arange(side)
         rows, cols = (idx - oy) % d < line, (idx - ox) % d < line
         squares = (~(rows[:, None] | cols[None, :])).to(torch.uint8)  # 1 inside the squares
@@ -167,13 +167,26 @@ class RandomRotateCrop(torch.nn.Module):
         return torch.from_numpy(np.array(img)[top:top + s, left:left + s]).permute(2, 0, 1)
 
 
+def to_uint8_tensor(img: Image.Image | torch.Tensor) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor [3, H, W], a channel-last view (a tensor passes through)."""
+    if isinstance(img, Image.Image):
+        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+    return img
+
+
+def normalize_uint8(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> contiguous float32 ``(x / 255 - mean) / std`` (mean, std: [3, 1, 1]), on the images'
+    device. The ops of ``v2.ToDtype(float32, scale=True), v2.Normalize`` in their order: the same values, bit for
+    bit, whether one image or a batch is normalised."""
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images)
+    return out.mul_(1.0 / 255).sub_(mean.to(out.device)).div_(std.to(out.device))
+
+
 class ToUint8Tensor(torch.nn.Module):
-    """RGB PIL image -> uint8 tensor [3, H, W] (a uint8 tensor passes through)."""
+    """:func:`to_uint8_tensor` as a pipeline op."""
 
     def forward(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
-        if isinstance(img, Image.Image):
-            img = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
-        return img
+        return to_uint8_tensor(img)
 
 
 class ToNormalizedTensor(torch.nn.Module):
@@ -191,9 +204,7 @@ class ToNormalizedTensor(torch.nn.Module):
 
     def forward(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
         """A PIL image or uint8 tensor [3, H, W] / [B, 3, H, W] -> float32 of the same shape."""
-        img = ToUint8Tensor()(img)
-        mean, std = self.mean.to(img.device), self.std.to(img.device)
-        return img.contiguous().to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
+        return normalize_uint8(to_uint8_tensor(img), self.mean, self.std)
 
 
 def normalize_batch(batch: dict) -> dict:
@@ -202,9 +213,7 @@ def normalize_batch(batch: dict) -> dict:
     norm = batch.pop("image_norm", None)
     if norm is not None:
         mean, std = norm.to(torch.float32).view(2, 3, 1, 1)
-        images = batch["images"]  # often a channel-last view: the copy below makes it contiguous while converting
-        out = torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images)
-        batch["images"] = out.mul_(1.0 / 255).sub_(mean).div_(std)
+        batch["images"] = normalize_uint8(batch["images"], mean, std)
     return batch
 
 
