@@ -7,8 +7,8 @@ folder), checks that the images it will read exist, and builds the tokenizer. ``
 """
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
