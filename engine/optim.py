@@ -55,12 +55,13 @@ def build_optimizer(cfg: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(cfg, model)
     if not groups:
         raise ConfigError("the model has no trainable parameters")
+    fused = True if cfg.fused else None  # None: PyTorch's default (per-parameter loop on CPU, foreach on CUDA)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
     raise ConfigError(f"optim.name must be adam, adamw or sgd, got '{cfg.name}'")
 
 

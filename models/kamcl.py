@@ -248,9 +248,10 @@ class KAMCL(RetrievalModel):
     def on_train_step_start(self) -> None:
         """Momentum update of the key encoders: θ_k <- m θ_k + (1 - m) θ_q (parameters only, as upstream)."""
         m = self.p.momentum
-        for q, k in ((self.visual_q, self.visual_k), (self.text_q, self.text_k)):
-            for pq, pk in zip(q.parameters(), k.parameters()):
-                pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
+        keys = [*self.visual_k.parameters(), *self.text_k.parameters()]
+        queries = [p.detach() for p in (*self.visual_q.parameters(), *self.text_q.parameters())]
+        torch._foreach_mul_(keys, m)  # one multi-tensor op each instead of two ops per parameter
+        torch._foreach_add_(keys, queries, alpha=1.0 - m)
 
     # ----------------------------------------------------------------------------------------------- upstream
     def convert_upstream(self, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:

@@ -60,3 +60,24 @@ def test_bad_names():
         build_optimizer(OptimCfg(name="lamb"), Net())
     with pytest.raises(ValueError, match="optim.scheduler"):
         lr_factor(OptimCfg(scheduler="poly"), 1, 1)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fused_optimizer_gives_the_same_updates(name):
+    """optim.fused selects PyTorch's fused kernel; its parameters follow the default loop up to float rounding."""
+    runs = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        net = Net()
+        start = [p.detach().clone() for p in net.parameters()]
+        opt = build_optimizer(OptimCfg(name=name, lr=0.01, weight_decay=0.01, fused=fused), net)
+        assert all(g.get("fused") == (True if fused else None) for g in opt.param_groups)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(10):
+            for p in net.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        runs.append([p.detach().clone() for p in net.parameters()])
+    assert min(float((a - b).abs().max()) for a, b in zip(runs[0], start)) > 1e-3  # every parameter moved
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

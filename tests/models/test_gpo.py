@@ -47,3 +47,49 @@ def test_weights_match_an_unpadded_gru_run_and_ignore_padding() -> None:
     torch.testing.assert_close(gpo(x, lengths)[1], gpo(y, lengths)[1])
     perm = x[:, torch.tensor([4, 0, 3, 1, 2])]  # a full set in another order pools the same
     torch.testing.assert_close(gpo(perm)[0], gpo(x)[0])
+
+
+def _packed_gru(gpo: GPO, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: PyTorch's own GRU over packed sequences (the CUDA path of GPO.pool_weights)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = pad_packed_sequence(gpo.gru(packed)[0], batch_first=True, total_length=x.shape[1])
+    return out.chunk(2, dim=-1)
+
+
+def test_cpu_bidirectional_gru_equals_torch_gru_on_packed_sequences() -> None:
+    torch.manual_seed(0)
+    gpo = GPO(8, 6).double()
+    lengths = torch.tensor([7, 1, 4, 7, 2])
+    mask = (torch.arange(7)[None] < lengths[:, None]).unsqueeze(-1)
+    x = torch.randn(5, 7, 8, dtype=torch.float64) * mask
+    ours, ref = gpo.bidirectional_gru(x, lengths), _packed_gru(gpo, x, lengths)
+    for a, b in zip(ours, ref):  # the backward direction of every set starts at its own last element
+        torch.testing.assert_close(a * mask, b * mask, rtol=1e-12, atol=1e-12)
+    w = torch.randn(5, 7, 6, dtype=torch.float64) * mask  # a random linear function of both directions
+    grads = [torch.autograd.grad(((fw + bw) * w).sum(), list(gpo.gru.parameters())) for fw, bw in (ours, ref)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_descending_order_sorts_like_torch_sort_and_keeps_its_gradient() -> None:
+    from models.encoders.gpo import descending_order
+    torch.manual_seed(0)
+    for k in (5, 40):  # torch path (<= 8 elements) and the NumPy path
+        x = torch.randn(3, 4, k, requires_grad=True)
+        ours = x.gather(-1, descending_order(x))
+        ref = x.sort(dim=-1, descending=True).values
+        assert torch.equal(ours, ref)
+        w = torch.randn(3, 4, k)
+        torch.testing.assert_close(torch.autograd.grad((ours * w).sum(), x)[0],
+                                   torch.autograd.grad((ref * w).sum(), x)[0], rtol=0, atol=0)
+
+
+def test_pool_matches_a_per_set_brute_force() -> None:
+    torch.manual_seed(1)
+    x, lengths = torch.randn(4, 12, 3), torch.tensor([12, 3, 9, 1])
+    w = torch.softmax(torch.randn(4, 12, 1), 1) * (torch.arange(12)[None, :, None] < lengths[:, None, None])
+    out = GPO.pool(x, w, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        ranked = torch.stack([torch.tensor(sorted(x[b, :n, d].tolist(), reverse=True)) for d in range(3)], 1)
+        torch.testing.assert_close(out[b], (ranked * w[b, :n]).sum(0))
