@@ -74,9 +74,9 @@ def gru_case(gpo: GPO, lengths: torch.Tensor, k: int) -> tuple[Callable, Callabl
     return ours, base
 
 
-def sort_case(shape: tuple[int, int, int]) -> tuple[Callable, Callable]:
-    x = torch.randn(shape).transpose(1, 2).requires_grad_()  # [B, D, K] view, as GPO.pool sorts it
-    w = torch.randn(shape[0], 1, shape[1])
+def sort_case(x: torch.Tensor) -> tuple[Callable, Callable]:
+    """Both sorts of ``x`` [B, D, K] (a leaf that requires grad), forward + backward of a weighted sum."""
+    w = torch.randn(x.shape[0], 1, x.shape[2])
 
     def ours() -> None:
         (x.gather(-1, descending_order(x)) * w).sum().backward()
@@ -84,6 +84,11 @@ def sort_case(shape: tuple[int, int, int]) -> tuple[Callable, Callable]:
     def base() -> None:
         (x.contiguous().sort(dim=-1, descending=True).values * w).sum().backward()
     return ours, base
+
+
+def sort_input(shape: tuple[int, int, int]) -> torch.Tensor:
+    """A [B, K, D] batch of sets seen as [B, D, K], as GPO.pool sorts it."""
+    return torch.randn(shape).transpose(1, 2).requires_grad_()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ours, base = gru_case(gpo, lengths, k_words)
     rows.append((f"GPO weights, words ({len(lengths)} lengths up to {k_words})", "packed nn.GRU",
                  *pair(ours, base, args.repeats)))
-    ours, base = sort_case((b, 192, 64))
+    ours, base = sort_case(sort_input((b, 192, 64)))
     rows.append((f"GPO sort, channels [{b}, 64, 192]", "torch.sort", *pair(ours, base, args.repeats)))
-    ours, base = sort_case((b, k_words, 512))
+    ours, base = sort_case(sort_input((b, k_words, 512)))
     rows.append((f"GPO sort, words [{b}, 512, {k_words}]", "torch.sort", *pair(ours, base, args.repeats)))
 
     logging.getLogger("models.kamcl").setLevel(logging.ERROR)  # no tag files: the bench does not need them

@@ -1,5 +1,6 @@
 """The result tables of bench/bench_serve.py and bench/bench_search.py (one shared engine.benchmark.markdown_table):
-hand-written expected text, the same bytes the scripts printed before the tables were merged."""
+hand-written expected text, the same bytes the scripts printed before the tables were merged; and bench_kamcl's
+pairs, which must time the same computation twice."""
 from __future__ import annotations
 
 import importlib.util
@@ -61,3 +62,28 @@ def test_bench_search_table():
         "|---|---:|---:|---:|---:|---|\n"
         "| exact (IndexFlatIP brute force) | 1.2 | 3.00 | 8.80 | 1.000 |  |\n"
         "| ivf (search.index) | 12.5 | 1.00 | 2.93 | 0.988 | nlist=1024, nprobe=16 |\n")
+
+
+def test_bench_kamcl_pairs_compute_the_same_gradients():
+    """Each bench_kamcl row times two implementations of one computation: their gradients must agree."""
+    import torch
+
+    from models.encoders.gpo import GPO
+    kamcl = _load("bench_kamcl")
+    torch.manual_seed(0)
+    gpo = GPO(8, 6)
+    ours, base = kamcl.gru_case(gpo, torch.tensor([9, 4, 1]), 9)
+    grads = []
+    for fn in (ours, base):
+        gpo.zero_grad()
+        fn()
+        grads.append([p.grad.clone() for p in gpo.gru.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    x = kamcl.sort_input((2, 12, 3))
+    grads = []
+    for fn in kamcl.sort_case(x):
+        x.grad = None
+        fn()
+        grads.append(x.grad.clone())
+    assert torch.equal(*grads)
