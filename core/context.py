@@ -19,10 +19,13 @@ class ModelContext:
             id 0 is padding). None for sub-word tokenizers.
         vocab_size: number of token ids including padding (embedding table rows).
         scene_names: scene label of each scene id (``noneclass`` for images without a scene).
-        extra: free-form extras (e.g. ``tag_words`` for KAMCL).
+        train_images: file names of the images the run trains on (the fold's training split), or None when the
+            model is built without training data (test.py, export); KAMCL ranks its tags over them.
+        extra: free-form extras.
     """
 
     vocab_words: list[str] | None = None
     vocab_size: int = 0
     scene_names: list[str] = field(default_factory=list)
+    train_images: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

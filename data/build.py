@@ -213,6 +213,8 @@ def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple
 
 
 def model_context(bundle: DataBundle) -> ModelContext:
-    """The :class:`core.context.ModelContext` of the bundle: vocab words, vocab size (incl. padding), scene names."""
+    """The :class:`core.context.ModelContext` of the bundle: vocab words, vocab size (incl. padding), scene names and
+    the file names of the fold's training images."""
     return ModelContext(vocab_words=list(bundle.tokenizer.words) if bundle.tokenizer.words else None,
-                        vocab_size=len(bundle.tokenizer), scene_names=list(bundle.scene_names))
+                        vocab_size=len(bundle.tokenizer), scene_names=list(bundle.scene_names),
+                        train_images=[Path(f).name for f in bundle.train.filenames] if bundle.train else None)

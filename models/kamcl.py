@@ -25,6 +25,12 @@ Where rsitr differs from upstream:
 * The text GPO pools only the real words (upstream passes one length 2L for the whole batch, so padding is pooled
   and a caption's embedding depends on its batch mates); ``upstream_compat: true`` restores it.
 * The queues take any batch size (wrap-around writes); upstream asserted K % B == 0.
+* The tag vocabulary is ranked over the images the run trains on (``tag_vocab_from: train``, the default): the
+  ``embed_dim`` most frequent tags of the fold's training images in ``tags_path`` that are in the run's word
+  vocabulary, by the rule of ``scripts/build_tags.py``. Upstream's ``tag_vocab_path`` file was ranked over the whole
+  training split, so with validation folds it holds words of the validation images; ``tag_vocab_from: file``
+  restores it (and is used when the model is built without training data, e.g. by test.py, where the checkpoint's
+  ``token_to_tag`` buffer carries the vocabulary).
 * Not kept: upstream's unused layers (``extract_feature.linear``, ``high_module.gpo``, the ResNet ``fc`` and the
   top-level ``mlp``/``im``/``tx`` heads); :meth:`KAMCL.convert_upstream` consumes and drops them.
 * The queue still holds earlier keys of the same image (false negatives), as upstream.
@@ -37,6 +43,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -65,6 +72,7 @@ class KAMCLParams:
     skipthought_dir: str = "pretrained/skipthoughts"  # dictionary.txt, utable.npy, uni_skip.npz
     tags_path: str = "data/rsitmd_precomp/tags_label_th_1.txt"  # scripts/build_tags.py output (keyed by filename)
     tag_vocab_path: str = "data/rsitmd_precomp/tags_label_th_1/tag_vocab_512.json"  # tag words (<= embed_dim)
+    tag_vocab_from: str = "train"  # train: rank the tags over the run's training images | file: tag_vocab_path
     image_size: int = 256  # = data.image_size; sizes the low-level Linear ((image_size / 4)**2 inputs)
     dim_word: int = 620  # skip-thought word size
     dim_hidden: int = 2400  # skip-thought GRU size
@@ -161,9 +169,11 @@ class KAMCL(RetrievalModel):
         needs = resnet_required_files(params.backbone_weights, f"{params.arch} ImageNet weights, torchvision "
                                       "resnet18-f37072fd.pth", "model.params.backbone_weights")
         needs += skipthought_required_files(params.skipthought_dir)
+        files = [("tags_path", "per-image tags")]
+        if params.tag_vocab_from == "file":
+            files.append(("tag_vocab_path", "tag vocabulary"))
         return needs + [RequiredFile(f"model.params.{key}", getattr(params, key), f"{what}; make it with "
-                                     "scripts/build_tags.py") for key, what in (("tags_path", "per-image tags"),
-                                                                              ("tag_vocab_path", "tag vocabulary"))]
+                                     "scripts/build_tags.py") for key, what in files]
 
     def __init__(self, cfg: ModelCfg, params: KAMCLParams, ctx: ModelContext) -> None:
         super().__init__()
@@ -178,7 +188,10 @@ class KAMCL(RetrievalModel):
         for name in ("im", "tx"):
             self.register_buffer(f"queue_{name}", F.normalize(torch.randn(dim, params.queue_size), dim=0))
             self.register_buffer(f"queue_ptr_{name}", torch.zeros(1, dtype=torch.long))
-        tag_words, self.tag_targets = load_tags(params, dim)
+        if params.tag_vocab_from not in ("train", "file"):
+            raise ConfigError(f"model.params.tag_vocab_from must be train or file, got '{params.tag_vocab_from}'")
+        train_images = ctx.train_images if params.tag_vocab_from == "train" else None
+        tag_words, self.tag_targets = load_tags(params, dim, ctx.vocab_words, train_images)
         # caption word id -> tag index (-1: not a tag); a buffer, so checkpoints carry the tag vocabulary
         index = {w: i for i, w in enumerate(tag_words)}
         self.register_buffer("token_to_tag", torch.tensor([-1] + [index.get(w, -1) for w in ctx.vocab_words]))
@@ -292,27 +305,51 @@ def convert_kamcl_upstream(state: Mapping[str, torch.Tensor]) -> tuple[dict[str,
     return out, used
 
 
-def load_tags(p: KAMCLParams, dim: int) -> tuple[list[str], dict[str, torch.Tensor]]:
+def tag_vocabulary(per_image: list[list[tuple[str, int]]], vocab_words: set[str], size: int
+                   ) -> tuple[list[str], list[tuple[str, int]]]:
+    """(top ``size`` tags, every vocabulary tag with its total count) over ``per_image`` (each image's (word, count)
+    pairs): counts summed over the images, most frequent first, ties in first-seen order, words outside
+    ``vocab_words`` dropped. The rule of ``scripts/build_tags.py`` (upstream ``get_concept_tags.py``)."""
+    total: Counter = Counter()
+    for tags in per_image:
+        for w, c in tags:
+            total[w] += c
+    ranked = [(w, c) for w, c in total.most_common() if w in vocab_words]
+    return [w for w, _ in ranked[:size]], ranked
+
+
+def load_tags(p: KAMCLParams, dim: int, vocab_words: list[str] | None = None,
+              train_images: list[str] | None = None) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Read the tag vocabulary and the per-image targets (count / max count over the image's listed words).
 
-    Returns ([], {}) with a warning when the files are absent (pretrained=false builds and unit tests).
+    With ``train_images`` the vocabulary is ranked over those images' lines of ``tags_path`` in ``vocab_words``
+    (:func:`tag_vocabulary`) instead of read from ``tag_vocab_path``. Returns ([], {}) with a warning when the files
+    are absent (pretrained=false builds and unit tests).
     """
     vocab_path, tags_path = Path(p.tag_vocab_path), Path(p.tags_path)
-    if not vocab_path.is_file() or not tags_path.is_file():
+    if not tags_path.is_file() or (train_images is None and not vocab_path.is_file()):
         log.warning("kamcl: tag files not found (%s, %s); the tag multi-hot and concept targets are all zero; "
                     "build them with scripts/build_tags.py", vocab_path, tags_path)
         return [], {}
-    words = json.loads(vocab_path.read_text())[:dim]
-    index = {w: i for i, w in enumerate(words)}
-    targets: dict[str, torch.Tensor] = {}
+    lines: list[tuple[str, list[tuple[str, int]]]] = []
     for line in tags_path.read_text(encoding="utf-8").splitlines():
         name, _, rest = line.partition("\t")
         pairs = [x.rsplit(":", 1) for x in rest.split()]
+        lines.append((name.strip(), [(w, float(c)) for w, c in pairs]))
+    if train_images is None:
+        words = json.loads(vocab_path.read_text())[:dim]
+    else:
+        keep = set(train_images)
+        words = tag_vocabulary([pairs for name, pairs in lines if name in keep], set(vocab_words or ()), dim)[0]
+        log.info("kamcl: %d tags ranked over %d training images", len(words), len(keep))
+    index = {w: i for i, w in enumerate(words)}
+    targets: dict[str, torch.Tensor] = {}
+    for name, pairs in lines:
         y = torch.zeros(dim)
         if pairs:
-            top = max(float(c) for _, c in pairs)
+            top = max(c for _, c in pairs)
             for w, c in pairs:
                 if w in index:
-                    y[index[w]] = float(c) / top
-        targets[name.strip()] = y
+                    y[index[w]] = c / top
+        targets[name] = y
     return words, targets

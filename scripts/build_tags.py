@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.tokenize import build_vocab, load_vocab_json  # noqa: E402
+from models.kamcl import tag_vocabulary  # noqa: E402
 
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]")
 
@@ -54,17 +55,6 @@ def image_tags(captions: list[str], threshold: int = 1) -> list[tuple[str, int]]
     counts = Counter(w for c in captions for w in caption_words(c))
     ranked = sorted(counts.items(), key=lambda wc: wc[1], reverse=True)  # stable: ties keep first-seen order
     return [(w, c) for w, c in ranked if c > threshold]
-
-
-def tag_vocabulary(per_image: list[list[tuple[str, int]]], vocab_words: set[str], size: int
-                   ) -> tuple[list[str], list[tuple[str, int]]]:
-    """(top ``size`` tags, every vocabulary tag with its total count) over all images."""
-    total: Counter = Counter()
-    for tags in per_image:
-        for w, c in tags:
-            total[w] += c
-    ranked = [(w, c) for w, c in total.most_common() if w in vocab_words]
-    return [w for w, _ in ranked[:size]], ranked
 
 
 def build_tags(precomp: Path, out: Path, vocab_words: list[str] | None, size: int = 512, threshold: int = 1

@@ -72,6 +72,10 @@ def test_tokenizer_from_fold_or_state(root):
     ctx = model_context(b)
     assert ctx.vocab_words == b.tokenizer.words and ctx.vocab_size == len(b.tokenizer)
     assert ctx.scene_names == b.scene_names
+    # the fold's training images (file names), none of its validation or test images; none without training data
+    assert ctx.train_images == [Path(f).name for f in b.train.filenames] and len(ctx.train_images) > 0
+    assert not set(ctx.train_images) & {Path(f).name for f in b.val.filenames + b.test.filenames}
+    assert model_context(again).train_images is None
 
 
 def test_train_loader_batch(root):

@@ -2,6 +2,7 @@
 text padding (fixed vs compat) and bit-exact queue state through a checkpoint round trip."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,26 @@ def test_queue_state_round_trips_bit_exact(tags, tmp_path: Path) -> None:
     for name in ("queue_im", "queue_tx", "queue_ptr_im", "queue_ptr_tx", "visual_k.concept.weight", "token_to_tag"):
         assert torch.equal(fresh.state_dict()[name], model.state_dict()[name]), name
     assert int(fresh.queue_ptr_im) == 8
+
+
+def test_tag_vocabulary_is_ranked_over_the_training_images_only(tags, tmp_path) -> None:
+    """tag_vocab_from: train ranks the tags over ctx.train_images, exactly as build_tags.py does on those images alone;
+    a word only a held-out image uses is no tag. tag_vocab_from: file keeps the file's vocabulary."""
+    cfg = load_config(ROOT / "configs/tests/tiny_kamcl.yaml", tags)
+    ctx = ModelContext(vocab_words=WORDS, vocab_size=len(WORDS) + 1, train_images=["airport_1.png"])
+    model = build_model(cfg.model, ctx)
+    (tmp_path / "train_caps.txt").write_text("\n".join(CAPS["airport_1.png"]) + "\n")  # the training image alone
+    (tmp_path / "train_filename.txt").write_text("airport_1.png\n")
+    _, vocab = build_tags(tmp_path, tmp_path, WORDS, size=512)
+    expect = json.loads(vocab.read_text())
+    assert "river" not in expect and "plane" in expect  # river: only in the held-out image's captions
+    tag_of = {WORDS[i - 1]: int(t) for i, t in enumerate(model.token_to_tag.tolist()) if i > 0 and t >= 0}
+    assert tag_of == {w: i for i, w in enumerate(expect)}
+    # targets keep every image (held-out ones are never trained on), indexed by the ranked vocabulary
+    assert model.tag_targets["airport_1.png"][tag_of["plane"]] == 1.0
+    file_model = build_model(load_config(ROOT / "configs/tests/tiny_kamcl.yaml",
+                                         tags + ["model.params.tag_vocab_from=file"]).model, ctx)
+    assert "river" in {WORDS[i - 1] for i, t in enumerate(file_model.token_to_tag.tolist()) if i > 0 and t >= 0}
+    with pytest.raises(Exception, match="tag_vocab_from"):
+        build_model(load_config(ROOT / "configs/tests/tiny_kamcl.yaml",
+                                tags + ["model.params.tag_vocab_from=all"]).model, ctx)
