@@ -54,7 +54,7 @@ from torch import nn
 
 from core.config import ModelCfg
 from core.dist import all_gather_with_grad
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
 from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
@@ -305,8 +305,8 @@ def convert_kamcl_upstream(state: Mapping[str, torch.Tensor]) -> tuple[dict[str,
     return out, used
 
 
-def tag_vocabulary(per_image: list[list[tuple[str, int]]], vocab_words: set[str], size: int
-                   ) -> tuple[list[str], list[tuple[str, int]]]:
+def tag_vocabulary(per_image: list[list[tuple[str, float]]], vocab_words: set[str], size: int
+                   ) -> tuple[list[str], list[tuple[str, float]]]:
     """(top ``size`` tags, every vocabulary tag with its total count) over ``per_image`` (each image's (word, count)
     pairs): counts summed over the images, most frequent first, ties in first-seen order, words outside
     ``vocab_words`` dropped. The rule of ``scripts/build_tags.py`` (upstream ``get_concept_tags.py``)."""
@@ -331,11 +331,15 @@ def load_tags(p: KAMCLParams, dim: int, vocab_words: list[str] | None = None,
         log.warning("kamcl: tag files not found (%s, %s); the tag multi-hot and concept targets are all zero; "
                     "build them with scripts/build_tags.py", vocab_path, tags_path)
         return [], {}
-    lines: list[tuple[str, list[tuple[str, int]]]] = []
-    for line in tags_path.read_text(encoding="utf-8").splitlines():
+    lines: list[tuple[str, list[tuple[str, float]]]] = []
+    for n, line in enumerate(tags_path.read_text(encoding="utf-8").splitlines(), 1):
         name, _, rest = line.partition("\t")
-        pairs = [x.rsplit(":", 1) for x in rest.split()]
-        lines.append((name.strip(), [(w, float(c)) for w, c in pairs]))
+        try:
+            pairs = [(w, float(c)) for w, c in (x.rsplit(":", 1) for x in rest.split())]
+        except ValueError:
+            raise DataError(f"{tags_path}:{n}: expected '<filename>\\t<word>:<count> ...', got {line[:80]!r}; "
+                            "rebuild it with scripts/build_tags.py") from None
+        lines.append((name.strip(), pairs))
     if train_images is None:
         words = json.loads(vocab_path.read_text())[:dim]
     else:

@@ -229,3 +229,12 @@ def test_tag_vocabulary_is_ranked_over_the_training_images_only(tags, tmp_path) 
     with pytest.raises(Exception, match="tag_vocab_from"):
         build_model(load_config(ROOT / "configs/tests/tiny_kamcl.yaml",
                                 tags + ["model.params.tag_vocab_from=all"]).model, ctx)
+
+
+def test_a_malformed_tag_line_names_file_and_line(tmp_path) -> None:
+    from core.errors import DataError
+    bad = tmp_path / "tags.txt"
+    bad.write_text("airport_1.png\tplane:5 airport:3\nriver_2.png\triver:two\n")
+    cfg = load_config(ROOT / "configs/tests/tiny_kamcl.yaml", [f"model.params.tags_path={bad}"])
+    with pytest.raises(DataError, match=rf"{bad.name}:2: expected"):
+        build_model(cfg.model, ModelContext(vocab_words=WORDS, vocab_size=len(WORDS) + 1, train_images=["x.png"]))
