@@ -226,7 +226,8 @@ def test_tag_vocabulary_is_ranked_over_the_training_images_only(tags, tmp_path) 
     file_model = build_model(load_config(ROOT / "configs/tests/tiny_kamcl.yaml",
                                          tags + ["model.params.tag_vocab_from=file"]).model, ctx)
     assert "river" in {WORDS[i - 1] for i, t in enumerate(file_model.token_to_tag.tolist()) if i > 0 and t >= 0}
-    with pytest.raises(Exception, match="tag_vocab_from"):
+    from core.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.params.tag_vocab_from must be train or file"):
         build_model(load_config(ROOT / "configs/tests/tiny_kamcl.yaml",
                                 tags + ["model.params.tag_vocab_from=all"]).model, ctx)
 
