@@ -115,6 +115,8 @@ class TrainCfg:
     log_every: int = 10  # steps between progress lines in log.txt when the console is not a terminal
     log_every_s: float = 60.0  # ... or seconds between them, whichever comes first (0 = by steps only)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    feature_cache: str = "disk"  # off | memory | disk: outputs of locked towers computed once (engine/feature_cache.py)
+    feature_cache_dir: str = ""  # where disk stores live; "" = <train.output_dir>/feature_cache
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,17 @@ def parse_params(cls: type, params: dict, prefix: str, source: str = "") -> Any:
         params: the mapping from the config.
         prefix: dotted key used in errors, e.g. ``model.params``.
         source: the config file, for errors.
+
+    A string value ``pkg:<module>/<path>`` is resolved to the file inside the installed package
+    (:func:`core.weights.resolve_path`: pinned files are sha256-checked; a missing package is a one-line error
+    naming the key and the pip package), so every weights path of every method accepts such references.
     """
-    return _build(cls, params, prefix, source or "config")
+    from core.weights import is_pkg_ref, resolve_path
+
+    parsed = _build(cls, params, prefix, source or "config")
+    refs = {f.name: resolve_path(getattr(parsed, f.name), f"{prefix}.{f.name}") for f in dataclasses.fields(parsed)
+            if is_pkg_ref(getattr(parsed, f.name))}
+    return dataclasses.replace(parsed, **refs) if refs else parsed
 
 
 # --------------------------------------------------------------------------------------------------- loading

@@ -156,18 +156,20 @@ def _loader_kwargs(cfg: DataCfg) -> dict[str, Any]:
             "worker_init_fn": seed_worker}
 
 
-def cache_jobs(bundle: DataBundle, cfg: DataCfg) -> list[tuple[list[Path], Any, str]]:
-    """(paths, prefix, key) of the pixel cache: training images by the train pipeline, val/test by the eval one."""
+def cache_jobs(bundle: DataBundle, cfg: DataCfg, skip: Sequence[str] = ()) -> list[tuple[list[Path], Any, str]]:
+    """(paths, prefix, key) of the pixel cache: training images by the train pipeline, val/test by the eval one
+    (none for the splits named in ``skip``, whose image features come from a feature cache)."""
     jobs = []
-    for split, train in ((bundle.train, True), (bundle.val, False), (bundle.test, False)):
-        if split is not None:
+    for name, split, train in (("train", bundle.train, True), ("val", bundle.val, False), ("test", bundle.test, False)):
+        if split is not None and name not in skip:
             pipe = build_transform(cfg.transform, train, cfg.image_size)
             jobs.append(([split.image_path(i) for i in range(split.n_images)], pipe.prefix, pipe.key))
     return jobs
 
 
 def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: int,
-                 deterministic: bool) -> DataLoader:
+                 deterministic: bool, pixels: bool = True, pixel_splits: Sequence[str] = ("train", "val", "test")
+                 ) -> DataLoader:
     """Shuffled training loader over captions (one item per caption, ``drop_last``).
 
     The global ``data.batch_size`` is split over the processes. The sampler is an :class:`EpochSampler`
@@ -181,16 +183,19 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
         distributed: shard over the torch.distributed world.
         seed: the run seed.
         deterministic: the engine's deterministic mode (the order is reproducible either way).
+        pixels: False when the model reads the training images' features from a feature cache: batches carry no
+            ``images`` and no image is decoded.
+        pixel_splits: the splits whose pixels the run reads (the pixel cache is filled for these only).
     """
     if bundle.train is None:
         raise ValueError("train_loader needs a bundle built with the 'train' split")
     world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
     if cfg.cache:  # decode every image of the run now: a broken file in any split stops it before the first epoch
-        fill_cache(cache_jobs(bundle, cfg))
+        fill_cache(cache_jobs(bundle, cfg, [s for s in ("train", "val", "test") if s not in pixel_splits]))
     dataset = CaptionTrainDataset(bundle.train, bundle.tokenizer, build_transform(cfg.transform, True, cfg.image_size),
                                   bundle.scene_ids(bundle.train), seed, cfg.word_deletion,
                                   load_caption_weights(cfg.cap_weight_file, bundle.train.captions)
-                                  if cfg.cap_weight_file else None, cache=cfg.cache)
+                                  if cfg.cap_weight_file else None, cache=cfg.cache, pixels=pixels)
     try:
         sampler = EpochSampler(len(dataset), cfg.batch_size, seed=seed, rank=rank, world_size=world)
     except ValueError as e:
@@ -201,10 +206,12 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
                       **_loader_kwargs(cfg))
 
 
-def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple[DataLoader, DataLoader]:
-    """(images once, captions once) loaders of a split, in file order, batch ``data.eval_batch_size``."""
+def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg, pixels: bool = True
+                 ) -> tuple[DataLoader, DataLoader]:
+    """(images once, captions once) loaders of a split, in file order, batch ``data.eval_batch_size``
+    (``pixels=False``: image batches carry names only, for a model whose image features are cached)."""
     images = ImageDataset(split, build_transform(cfg.transform, False, cfg.image_size), bundle.scene_ids(split),
-                          cache=cfg.cache)
+                          cache=cfg.cache, pixels=pixels)
     captions = CaptionDataset(split, bundle.tokenizer)
     kw = dict(_loader_kwargs(cfg), persistent_workers=False)  # eval loaders are rebuilt per evaluation
     return (DataLoader(images, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=image_collate, **kw),

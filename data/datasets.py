@@ -90,13 +90,16 @@ class CaptionTrainDataset(Dataset):
         word_deletion: FISVL's training-time word deletion probability.
         cap_weight: optional per-caption weights (default 1.0).
         cache: decode every image once, here, into a ``data.images.PixelCache`` (``data.cache``).
+        pixels: False when the model reads this split's image features from a cache (a locked image tower,
+            ``engine/feature_cache.py``): items then carry no ``image`` and no file is decoded.
     """
 
     def __init__(self, split: PrecompSplit, tokenizer: Tokenizer, transform: Callable, scene_ids: Sequence[int],
                  seed: int = 0, word_deletion: float = 0.0, cap_weight: Sequence[float] | None = None,
-                 cache: bool = False) -> None:
+                 cache: bool = False, pixels: bool = True) -> None:
         self.split, self.tokenizer, self.transform = split, tokenizer, transform
-        self.images = _Images(split, transform, cache, uint8=True)
+        self.pixels = pixels
+        self.images = _Images(split, transform, cache and pixels, uint8=True)
         self.image_norm = transform.norm if self.images.uint8 else None  # [2, 3] mean, std for normalize_batch
         self.scene_ids, self.seed, self.word_deletion = list(scene_ids), seed, word_deletion
         self.cap_weight = list(cap_weight) if cap_weight is not None else [1.0] * split.n_captions
@@ -108,7 +111,9 @@ class CaptionTrainDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, j = key if isinstance(key, tuple) else (0, key)
         i = self.split.txt2img[j]
-        if not getattr(self.transform, "random", True):  # nothing to seed (plain, clip): same image, less work
+        if not self.pixels:
+            image = None
+        elif not getattr(self.transform, "random", True):  # nothing to seed (plain, clip): same image, less work
             image = self.images(i)
         else:
             # augmentation draws from torch's global CPU generator: seed it for this item and restore it afterwards
@@ -130,17 +135,19 @@ class CaptionTrainDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Each image of a split once, in file order (evaluation)."""
+    """Each image of a split once, in file order (evaluation); ``pixels=False``: names only (cached features)."""
 
-    def __init__(self, split: PrecompSplit, transform: Callable, scene_ids: Sequence[int], cache: bool = False) -> None:
+    def __init__(self, split: PrecompSplit, transform: Callable, scene_ids: Sequence[int], cache: bool = False,
+                 pixels: bool = True) -> None:
         self.split, self.transform, self.scene_ids = split, transform, list(scene_ids)
-        self.images = _Images(split, transform, cache)
+        self.pixels = pixels
+        self.images = _Images(split, transform, cache and pixels)
 
     def __len__(self) -> int:
         return self.split.n_images
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images(i), "filename": self.split.filenames[i],
+        return {"image": self.images(i) if self.pixels else None, "filename": self.split.filenames[i],
                 "img_id": i, "scene_id": self.scene_ids[i]}
 
 
@@ -193,19 +200,23 @@ class TrainCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         batch = self.tokenizer.collate([it["ids"] for it in items])
-        batch.update(images=stack_images([it["image"] for it in items]), filenames=[it["filename"] for it in items],
-                     img_ids=_long(items, "img_id"), cap_ids=_long(items, "cap_id"),
+        if items[0]["image"] is not None:
+            batch["images"] = stack_images([it["image"] for it in items])
+        batch.update(filenames=[it["filename"] for it in items], img_ids=_long(items, "img_id"), cap_ids=_long(items, "cap_id"),
                      scene_ids=_long(items, "scene_id"),
                      cap_weight=torch.tensor([it["cap_weight"] for it in items], dtype=torch.float32))
-        if self.image_norm is not None:
+        if self.image_norm is not None and "images" in batch:
             batch["image_norm"] = self.image_norm.clone()
         return batch
 
 
 def image_collate(items: list[dict]) -> dict:
-    """Batch of the evaluation image loader: ``images filenames img_ids scene_ids``."""
-    return {"images": stack_images([it["image"] for it in items]), "filenames": [it["filename"] for it in items],
-            "img_ids": _long(items, "img_id"), "scene_ids": _long(items, "scene_id")}
+    """Batch of the evaluation image loader: ``images filenames img_ids scene_ids`` (no ``images`` without pixels)."""
+    batch = {"filenames": [it["filename"] for it in items], "img_ids": _long(items, "img_id"),
+             "scene_ids": _long(items, "scene_id")}
+    if items[0]["image"] is not None:
+        batch["images"] = stack_images([it["image"] for it in items])
+    return batch
 
 
 class CaptionCollate:

@@ -34,6 +34,7 @@ import torch
 from core.config import ConfigError, DataCfg
 from core.errors import DataError, MissingFileError
 from core.files import RequiredFile
+from core.weights import resolve_path
 from data.stopwords import ENGLISH_STOPWORDS
 
 PUNCTUATION = frozenset(", . : ; ? ( ) [ ] & ! * @ # $ %".split())  # METHODS.md A2, dropped before counting
@@ -190,8 +191,9 @@ class BertTokenizer(Tokenizer):
 
     kind = "bert"
 
-    def __init__(self, path: str | Path, max_tokens: int = 47) -> None:
-        path = Path(path)
+    def __init__(self, path: str | Path, max_tokens: int = 47, key: str = "data.tokenizer_path") -> None:
+        self.ref = str(path)  # as configured (a pkg: reference stays one in checkpoints)
+        path = Path(resolve_path(str(path), key))
         files = ("vocab.txt", "tokenizer.json")
         if not path.is_dir() or not any((path / f).is_file() for f in files):
             raise MissingFileError(
@@ -200,7 +202,7 @@ class BertTokenizer(Tokenizer):
                 "e.g. from bert-base-uncased")
         from transformers import AutoTokenizer  # heavy import, only when a BERT tokenizer is used
 
-        self.path = str(path)
+        self.path = str(path)  # on disk
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
             self.hf = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         else:  # a bare WordPiece vocab.txt (no tokenizer config): an uncased BERT tokenizer over it
@@ -217,7 +219,7 @@ class BertTokenizer(Tokenizer):
         return list(self.hf(clean_caption_pir(caption), truncation=True, max_length=self.max_tokens)["input_ids"])
 
     def state(self) -> dict:
-        return {"kind": self.kind, "path": self.path, "max_tokens": self.max_tokens}
+        return {"kind": self.kind, "path": self.ref, "max_tokens": self.max_tokens}
 
 
 # ------------------------------------------------------------------------------------------------------ CLIP
@@ -285,7 +287,7 @@ def tokenizer_from_state(state: dict[str, Any]) -> Tokenizer:
         return VocabTokenizer(state["words"], int(state.get("max_tokens", 47)), bool(state.get("drop_stopwords")),
                               str(state.get("source", "")))
     if kind == "bert":
-        return BertTokenizer(state["path"], int(state.get("max_tokens", 47)))
+        return BertTokenizer(state["path"], int(state.get("max_tokens", 47)), "the checkpoint's tokenizer")
     if kind == "clip":
         return ClipTokenizer(state.get("clip_model", "ViT-B-32"))
     raise ValueError(f"unknown tokenizer state kind {kind!r}")
@@ -295,6 +297,7 @@ def _bert_tokenizer_files(path: str, key: str) -> list[RequiredFile]:
     what = "WordPiece vocabulary of bert-base-uncased (vocab.txt, or tokenizer.json from save_pretrained)"
     if not path:
         return [RequiredFile(key, "", f"local BERT tokenizer folder: {what}")]
+    path = resolve_path(path, key)
     return [RequiredFile(key, str(Path(path) / "vocab.txt"), what, (str(Path(path) / "tokenizer.json"),))]
 
 

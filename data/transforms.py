@@ -19,6 +19,7 @@ float values are those of normalising each sample, bit for bit.
   RandomErasing (p=0.5, scale 0.1-0.2, black) and GridMask (p=0.5 x 0.8, black squares, see :class:`GridMask`).
 * ``clip``: CLIP preprocessing (bicubic resize of the short side to S, centre crop S, CLIP mean/std); train = eval.
 * ``plain``: resize to SxS + ImageNet normalisation (tests, demo).
+* ``inception``: bicubic resize to SxS + Inception normalisation (mean = std = 0.5; EfficientNet-Lite); train = eval.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 from core.registry import Registry
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 _BICUBIC = InterpolationMode.BICUBIC
 
@@ -281,6 +283,14 @@ def plain(train: bool, s: int) -> Pipeline:
 def clip(train: bool, s: int) -> Pipeline:
     """CLIP preprocessing: bicubic resize of the short side to S, centre crop S (train = eval)."""
     return Pipeline([v2.Resize(s, interpolation=_BICUBIC), v2.CenterCrop(s)], _finish(), CLIP_MEAN, CLIP_STD,
+                    random=False)
+
+
+@PIPELINES.register("inception")
+def inception(train: bool, s: int) -> Pipeline:
+    """Bicubic resize to S x S, Inception normalisation (mean = std = 0.5: timm's tf_efficientnet_lite*, Inception,
+    many TF ports); train = eval, so a locked image tower's features can be cached (``engine/feature_cache.py``)."""
+    return Pipeline([v2.Resize((s, s), interpolation=_BICUBIC)], _finish(), INCEPTION_MEAN, INCEPTION_STD,
                     random=False)
 
 

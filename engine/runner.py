@@ -21,6 +21,7 @@ from engine.checkpoint import (check_resumable, inference_state, load_checkpoint
 from core.config import Config, config_from_dict, config_to_dict, save_config
 from core.errors import RunError  # noqa: F401  (defined in core.errors; importable from here as before)
 from engine.evaluate import evaluate, metrics_with_rerank
+from engine.feature_cache import feature_plan, image_rows_cover, prime_feature_caches
 from engine.preflight import check_run_files
 from core.logger import MetricWriter
 from engine.optim import build_optimizer, build_scheduler
@@ -89,6 +90,7 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
+    features: Any = None  # engine.feature_cache.FeaturePlan
 
 
 def build_parts(cfg: Config, fold: int, run_dir: Path | None, device: torch.device,
@@ -100,15 +102,17 @@ def build_parts(cfg: Config, fold: int, run_dir: Path | None, device: torch.devi
     mcfg = replace(cfg.model, pretrained=False, init_from="") if resume else cfg.model
     model = build_model(mcfg, model_context(bundle), cfg.source).to(device)
     criterion = build_criterion(cfg.loss, cfg.source).to(device)
+    plan = feature_plan(model, cfg)  # cached image features: the loaders decode no image
     loader = train_loader(bundle, cfg.data, distributed=dist.is_dist(), seed=cfg.train.seed,
-                          deterministic=cfg.train.deterministic)
+                          deterministic=cfg.train.deterministic, pixels=not plan.image,
+                          pixel_splits=() if plan.image else ("train", "val", "test"))
     if cfg.train.epochs == 0:  # evaluation of the initial weights only (zero-shot methods, baselines)
         optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0)
     else:
         optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.optim, optimizer, len(loader), max(1, cfg.train.epochs))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
-    return Parts(bundle, model, criterion, loader, optimizer, scheduler, scaler)
+    return Parts(bundle, model, criterion, loader, optimizer, scheduler, scaler, plan)
 
 
 def checkpoint_state(cfg: Config, parts: Parts, model: nn.Module, epoch: int, step: int, best: float,
@@ -137,7 +141,7 @@ def evaluate_split(cfg: Config, model: nn.Module, bundle: DataBundle, split: str
     """Metrics of one split of ``bundle`` (``val`` or ``test``), encoded under ``eval.amp`` (fp32 by default, never
     ``train.amp``: validation and test numbers must not depend on the training precision)."""
     data = getattr(bundle, split)
-    img_loader, txt_loader = eval_loaders(data, bundle, cfg.data)
+    img_loader, txt_loader = eval_loaders(data, bundle, cfg.data, pixels=not image_rows_cover(model, data))
     names = {n: i for i, n in enumerate(bundle.scene_names)}
     scenes = torch.tensor([names.get(s, -1) for s in data.scenes])
     return evaluate(model, img_loader, txt_loader, torch.tensor(data.txt2img), device, amp=cfg.eval.amp,
@@ -161,6 +165,7 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
     setup_determinism(cfg)
     parts = build_parts(cfg, fold, run_dir, device, resume)
     start, step, best, best_epoch = restore(parts, resume) if resume else (0, 0, float("-inf"), -1)
+    prime_feature_caches(parts.model, parts.bundle, cfg, device, parts.features)  # from the final weights
     model: nn.Module = parts.model
     if dist.is_dist():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,

