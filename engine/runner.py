@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from data.build import DataBundle, build_data, eval_loaders, model_context, trai
 from core import dist
 from engine.checkpoint import (check_resumable, inference_state, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state, unwrap)
-from core.config import Config, config_from_dict, config_to_dict, save_config
+from core.config import Config, config_from_dict, config_to_dict, lower_is_better, save_config
 from core.errors import RunError  # noqa: F401  (defined in core.errors; importable from here as before)
 from engine.evaluate import evaluate, metrics_with_rerank
 from engine.preflight import check_run_files
@@ -160,7 +161,9 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
         cfg = replace(cfg, train=replace(cfg.train, epochs=0))
     setup_determinism(cfg)
     parts = build_parts(cfg, fold, run_dir, device, resume)
-    start, step, best, best_epoch = restore(parts, resume) if resume else (0, 0, float("-inf"), -1)
+    start, step, best, best_epoch = restore(parts, resume) if resume else (0, 0, initial_best(cfg), -1)
+    if resume is not None:
+        best, best_epoch = _resumed_best(cfg, resume, best, best_epoch)
     model: nn.Module = parts.model
     if dist.is_dist():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -196,6 +199,29 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
     return result
 
 
+def initial_best(cfg: Config) -> float:
+    """The best validation score before any validation: -inf, or +inf for a rank metric (lower is better)."""
+    return math.inf if lower_is_better(cfg.eval.select_metric) else -math.inf
+
+
+def improves(score: float, best: float, metric: str) -> bool:
+    """Whether validation ``score`` of ``metric`` beats ``best``: higher, or lower for medR / meanR (a NaN never)."""
+    if math.isnan(score):
+        return False
+    return score < best if lower_is_better(metric) else score > best
+
+
+def _resumed_best(cfg: Config, ckpt: dict, best: float, best_epoch: int) -> tuple[float, int]:
+    """The checkpoint's best score, unless ``--set`` changed ``eval.select_metric``: then the best epoch is chosen
+    anew (a score of another metric, or of the other direction, cannot be compared)."""
+    before = ckpt["config"].get("eval", {}).get("select_metric", "mR")
+    if before == cfg.eval.select_metric:
+        return best, best_epoch
+    log.warning("eval.select_metric changed from %s to %s on resume: best.pth is chosen anew from the next "
+                "validation", before, cfg.eval.select_metric)
+    return initial_best(cfg), -1
+
+
 def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWriter, stats: dict, epoch: int,
                   step: int, best: float, best_epoch: int, fold: int, run_dir: Path,
                   device: torch.device) -> tuple[float, int]:
@@ -205,7 +231,7 @@ def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWri
         metrics, _ = evaluate_split(cfg, model, parts.bundle, "val", device)
         row.update({f"val/{k}": v for k, v in metrics.items()})
         score = metrics[cfg.eval.select_metric]
-        improved = score > best
+        improved = improves(score, best, cfg.eval.select_metric)
         if improved:
             best, best_epoch = score, epoch
     elif parts.bundle.val is None:
