@@ -17,8 +17,8 @@ from torch import nn
 
 from data.build import DataBundle, build_data, eval_loaders, model_context, train_loader
 from core import dist
-from engine.checkpoint import (check_resumable, inference_state, load_checkpoint, rng_state, save_checkpoint,
-                               set_rng_state, unwrap)
+from engine.checkpoint import (check_resumable, inference_state, load_checkpoint, rank_rng_state, rng_state,
+                               save_checkpoint, set_rng_state, unwrap)
 from core.config import Config, config_from_dict, config_to_dict, lower_is_better, save_config
 from core.errors import RunError  # noqa: F401  (defined in core.errors; importable from here as before)
 from engine.evaluate import evaluate, metrics_with_rerank
@@ -113,13 +113,15 @@ def build_parts(cfg: Config, fold: int, run_dir: Path | None, device: torch.devi
 
 
 def checkpoint_state(cfg: Config, parts: Parts, model: nn.Module, epoch: int, step: int, best: float,
-                     best_epoch: int, fold: int) -> dict[str, Any]:
+                     best_epoch: int, fold: int, rng: list[dict] | None = None) -> dict[str, Any]:
+    """What ``last.pth`` holds; ``rng``: every process's generators in rank order (default: this process's)."""
     bare = unwrap(model)
     return {"model": bare.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(), "epoch": epoch,
             "step": step, "best_metric": best, "best_epoch": best_epoch, "config": config_to_dict(cfg),
             "tokenizer": parts.bundle.tokenizer.state(), "scene_names": list(parts.bundle.scene_names),
-            "fold": fold, "config_source": cfg.source, "rng": rng_state(), "extra": bare.extra_state(), "method": cfg.model.name}
+            "fold": fold, "config_source": cfg.source, "rng": rng if rng is not None else [rng_state()],
+            "extra": bare.extra_state(), "method": cfg.model.name}
 
 
 def restore(parts: Parts, ckpt: dict) -> tuple[int, int, float, int]:
@@ -127,10 +129,29 @@ def restore(parts: Parts, ckpt: dict) -> tuple[int, int, float, int]:
     parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     parts.scheduler.load_state_dict(ckpt["scheduler"])
-    parts.scaler.load_state_dict(ckpt["scaler"])
+    restore_scaler(parts.scaler, ckpt["scaler"])
     parts.model.load_extra_state(ckpt.get("extra", {}))
-    set_rng_state(ckpt["rng"])
+    stored = ckpt["rng"]
+    n_states = len(stored) if isinstance(stored, list) else 1
+    if n_states != dist.world_size():
+        log.warning("the checkpoint holds the generators of %d process(es), this run has %d: the resume is not exact "
+                    "(random draws such as dropout differ from an uninterrupted run)", n_states, dist.world_size())
+    set_rng_state(rank_rng_state(stored, dist.rank()))  # every rank its own generators
     return ckpt["epoch"] + 1, ckpt["step"], ckpt["best_metric"], ckpt.get("best_epoch", -1)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Load a checkpoint's GradScaler state; across amp settings too.
+
+    A checkpoint trained without fp16 holds ``{}`` (a disabled scaler's state), which an enabled scaler refuses:
+    resuming such a run with ``train.amp=fp16`` starts the scaler fresh (its initial scale, as a new fp16 run). A
+    disabled scaler (bf16 / off, CPU) ignores a stored fp16 state.
+    """
+    if scaler.is_enabled() and not state:
+        log.info("train.amp=fp16 over a checkpoint saved without a gradient scaler: the scaler starts fresh (scale "
+                 "%g)", scaler.get_scale())
+        return
+    scaler.load_state_dict(state)
 
 
 def evaluate_split(cfg: Config, model: nn.Module, bundle: DataBundle, split: str, device: torch.device,
@@ -184,11 +205,10 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
                                 epoch, device, amp=cfg.train.amp, grad_clip=cfg.optim.grad_clip,
                                 log_every=cfg.train.log_every, log_every_s=cfg.train.log_every_s)
         step += stats["steps"]
-        if dist.is_main():
-            best, best_epoch = _end_of_epoch(cfg, parts, model, writer, stats, epoch, step, best, best_epoch,
-                                             fold, run_dir, device)
+        best, best_epoch = _end_of_epoch(cfg, parts, model, writer, stats, epoch, step, best, best_epoch, fold,
+                                         run_dir, device)
         dist.barrier()
-    if dist.is_main() and cfg.train.epochs == 0:
+    if cfg.train.epochs == 0:
         best, best_epoch = _end_of_epoch(cfg, parts, model, writer, {"time_s": 0.0}, -1, 0, best, best_epoch, fold,
                                          run_dir, device)
     result = {"fold": fold, "best_epoch": best_epoch, "best_val": best, **facts}
@@ -222,9 +242,31 @@ def _resumed_best(cfg: Config, ckpt: dict, best: float, best_epoch: int) -> tupl
     return initial_best(cfg), -1
 
 
-def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWriter, stats: dict, epoch: int,
+def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWriter | None, stats: dict, epoch: int,
                   step: int, best: float, best_epoch: int, fold: int, run_dir: Path,
                   device: torch.device) -> tuple[float, int]:
+    """Called by every rank: rank 0 validates, then every rank's generators are gathered (each where its next epoch
+    starts: rank 0 after validating), and rank 0 writes ``last.pth`` (and ``best.pth``) and the metrics row."""
+    row, improved = {}, False
+    if dist.is_main():
+        row, improved, best, best_epoch = _validate(cfg, parts, model, stats, epoch, best, best_epoch, device)
+    rng = dist.gather_object(rng_state())
+    if not dist.is_main():
+        return best, best_epoch
+    state = checkpoint_state(cfg, parts, model, epoch, step, best, best_epoch, fold, rng)
+    if improved:
+        save_checkpoint(run_dir / "best.pth", inference_state(state))  # weights only: never resumed
+    save_checkpoint(run_dir / "last.pth", state)
+    writer.write(step, row, epoch=epoch)
+    val = f"val {cfg.eval.select_metric} {row.get('val/' + cfg.eval.select_metric, float('nan')):.2f}"
+    log.info("epoch %d: loss %.4f, %s (best %.2f at epoch %d), %.1fs", epoch, stats.get("loss", float("nan")), val,
+             best, best_epoch, stats["time_s"])
+    return best, best_epoch
+
+
+def _validate(cfg: Config, parts: Parts, model: nn.Module, stats: dict, epoch: int, best: float, best_epoch: int,
+              device: torch.device) -> tuple[dict, bool, float, int]:
+    """(metrics row, improved, best, best epoch) after epoch ``epoch`` (validation when it is due)."""
     row = {f"train/{k}": v for k, v in stats.items()}
     improved = False
     if parts.bundle.val is not None and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs):
@@ -236,15 +278,7 @@ def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWri
             best, best_epoch = score, epoch
     elif parts.bundle.val is None:
         improved, best_epoch = True, epoch  # no validation split: the last epoch is the one kept
-    state = checkpoint_state(cfg, parts, model, epoch, step, best, best_epoch, fold)
-    if improved:
-        save_checkpoint(run_dir / "best.pth", inference_state(state))  # weights only: never resumed
-    save_checkpoint(run_dir / "last.pth", state)
-    writer.write(step, row, epoch=epoch)
-    val = f"val {cfg.eval.select_metric} {row.get('val/' + cfg.eval.select_metric, float('nan')):.2f}"
-    log.info("epoch %d: loss %.4f, %s (best %.2f at epoch %d), %.1fs", epoch, stats.get("loss", float("nan")), val,
-             best, best_epoch, stats["time_s"])
-    return best, best_epoch
+    return row, improved, best, best_epoch
 
 
 def _final_test(cfg: Config, parts: Parts, run_dir: Path, device: torch.device, writer: MetricWriter,
