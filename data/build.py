@@ -221,7 +221,9 @@ def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple
 
 def model_context(bundle: DataBundle) -> ModelContext:
     """The :class:`core.context.ModelContext` of the bundle: vocab words, vocab size (incl. padding), scene names and
-    the file names of the fold's training images."""
+    the file names of the fold's training images with their captions."""
+    train = bundle.train
     return ModelContext(vocab_words=list(bundle.tokenizer.words) if bundle.tokenizer.words else None,
                         vocab_size=len(bundle.tokenizer), scene_names=list(bundle.scene_names),
-                        train_images=[Path(f).name for f in bundle.train.filenames] if bundle.train else None)
+                        train_images=[Path(f).name for f in train.filenames] if train else None,
+                        train_captions=[[train.captions[j] for j in g] for g in train.img2txt] if train else None)

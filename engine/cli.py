@@ -227,6 +227,8 @@ def evaluate_checkpoint(cfg: Config, state: dict | None, tokenizer_state: dict |
     ``--set data.max_images`` says (that value then only keeps the first images of each split). ``where`` names the
     checkpoint in messages.
     """
+    from dataclasses import replace
+
     from data.build import build_data, model_context
     from engine.preflight import check_run_files
     from engine.rerank import TUNERS
@@ -248,7 +250,10 @@ def evaluate_checkpoint(cfg: Config, state: dict | None, tokenizer_state: dict |
         raise ConfigError(f"--split val: fold {fold} of {where or cfg.source} has no validation images "
                           f"(data.val_ratio={cfg.data.val_ratio}, data.protocol={cfg.data.protocol}); evaluate "
                           f"--split test, or train with data.val_ratio > 0")
-    model = build_model(cfg.model, model_context(bundle), cfg.source).to(device)
+    ctx = model_context(bundle)
+    if state is not None:  # the weights (and what a method derives from training data) come from the checkpoint
+        ctx = replace(ctx, train_images=None, train_captions=None)
+    model = build_model(cfg.model, ctx, cfg.source).to(device)
     if state is not None:
         model.load_state_dict(state["model"])
         model.load_extra_state(state.get("extra", {}))
