@@ -138,4 +138,3 @@ def test_resume_on_device_is_exact_in_deterministic_mode(device, tmp_path):
 
     ra, rb = epoch_row("a"), epoch_row("b")
     assert "val/mR" in ra and ra == rb
-
