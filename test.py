@@ -7,7 +7,9 @@
 
 Everything is rebuilt from the checkpoint's stored config. With --resume / --run-dir, --set may change only
 data.root, data.image_dir, data.eval_batch_size, data.num_workers, data.max_images, data.cache, train.device,
-train.amp, train.num_threads and eval.* (any other key is refused: the model was trained with it). Evaluation runs
+train.amp, train.num_threads and eval.* (any other key is refused: the model was trained with it). The fold's train
+and validation images are always the ones the run drew (with its own data.max_images); a data.max_images given here
+only keeps the first N images of each evaluated split. Evaluation runs
 in fp32 unless eval.amp says otherwise (train.amp is accepted but does not change evaluation). ``--rerank galr`` tunes its
 settings on the fold's validation split (``eval.tune_rerank``), then applies them to test once; it never tunes on
 test. Output paths (--json, --save-sims) are checked, and their folders created, before anything is evaluated.

@@ -29,8 +29,8 @@ from core.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the shipped configs (bare names resolve here)
 
 __all__ = ["Config", "ConfigError", "ModelCfg", "DataCfg", "LossTermCfg", "LossCfg", "OptimCfg", "TrainCfg",
-           "EvalCfg", "parse_params", "apply_overrides", "config_from_dict", "load_config", "config_to_dict",
-           "dump_config", "save_config"]
+           "EvalCfg", "SELECT_METRICS", "RANK_METRICS", "select_metrics", "lower_is_better", "parse_params",
+           "apply_overrides", "config_from_dict", "load_config", "config_to_dict", "dump_config", "save_config"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ class TrainCfg:
 
 @dataclass(frozen=True)
 class EvalCfg:
-    select_metric: str = "mR"  # validation metric that picks best.pth
+    select_metric: str = "mR"  # validation metric that picks best.pth (one of select_metrics(); rank metrics
+    # medR / meanR pick the lowest value, every other one the highest)
     every: int = 1  # validate every N epochs
     sim_shard: int = 1024  # rows per similarity block
     rerank: str = "none"  # a reranker of engine/rerank.py (none | galr | galr_unweighted); test.py --rerank too
@@ -338,6 +339,31 @@ def _get_dotted(cfg: Any, key: str) -> Any:
     return cfg
 
 
+# the metrics evaluation reports (engine/metrics.py, engine/scene_recall.py); tests/engine/test_metrics.py checks
+# this list against the keys of a real evaluation
+RANK_METRICS = ("i2t_medR", "t2i_medR", "i2t_meanR", "t2i_meanR")  # lower is better
+SELECT_METRICS = ("mR", "rsum", "i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10") + RANK_METRICS
+
+
+def select_metrics(ev: EvalCfg) -> tuple[str, ...]:
+    """Names ``eval.select_metric`` may take: the retrieval metrics and the SRR@r of ``eval.scene_recall``."""
+    return SELECT_METRICS + tuple(f"{d}_SRR@{r}" for r in ev.scene_recall for d in ("i2t", "t2i"))
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (the rank metrics medR / meanR)."""
+    return metric in RANK_METRICS
+
+
+def _check_select_metric(ev: EvalCfg, source: str) -> None:
+    allowed = select_metrics(ev)
+    if ev.select_metric not in allowed:
+        close = [m for m in allowed if m.lower() == ev.select_metric.lower()]
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{source}: 'eval.select_metric' must be a metric that evaluation reports "
+                          f"({', '.join(allowed)}), got {ev.select_metric!r}{hint}")
+
+
 def _check_values(cfg: Config, source: str) -> None:
     """Ranges and choices of the schema's values (a NaN fails every range)."""
     for key, (lo, hi, open_hi) in RANGES.items():
@@ -352,6 +378,7 @@ def _check_values(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: '{key}' must be one of {', '.join(allowed)}, got {_get_dotted(cfg, key)!r}")
     if any(r < 1 for r in cfg.eval.scene_recall):
         raise ConfigError(f"{source}: 'eval.scene_recall' must be cut-offs >= 1, got {list(cfg.eval.scene_recall)}")
+    _check_select_metric(cfg.eval, source)
     if cfg.data.protocol == "kfold" and cfg.data.n_folds < 2:
         raise ConfigError(f"{source}: 'data.n_folds' must be >= 2 with data.protocol=kfold, got {cfg.data.n_folds}")
 

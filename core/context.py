@@ -21,6 +21,8 @@ class ModelContext:
         scene_names: scene label of each scene id (``noneclass`` for images without a scene).
         train_images: file names of the images the run trains on (the fold's training split), or None when the
             model is built without training data (test.py, export); KAMCL ranks its tags over them.
+        train_captions: the captions of each of ``train_images`` (same order), or None with it; KAMCL builds its
+            tags from them when it is given no tag file.
         extra: free-form extras.
     """
 
@@ -28,4 +30,5 @@ class ModelContext:
     vocab_size: int = 0
     scene_names: list[str] = field(default_factory=list)
     train_images: list[str] | None = None
+    train_captions: list[list[str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

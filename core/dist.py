@@ -61,6 +61,17 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's picklable ``obj`` on rank ``dst`` (a list in rank order; None on the other ranks).
+
+    With one process: ``[obj]``. Every rank must call it (a collective)."""
+    if not is_dist():
+        return [obj]
+    out = [None] * world_size() if rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient of the gathered tensor and returns the local slice."""
 

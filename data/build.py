@@ -88,7 +88,8 @@ def _fold_indices(full_all: PrecompSplit, full: PrecompSplit, cfg: DataCfg, fold
 
 
 def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokenizer_state: dict | None = None,
-               source: str = "", splits: Sequence[str] = ("train", "val", "test")) -> DataBundle:
+               source: str = "", splits: Sequence[str] = ("train", "val", "test"),
+               fold_max_images: int | None = None) -> DataBundle:
     """Load the dataset of ``cfg`` and draw fold ``fold``.
 
     Args:
@@ -100,6 +101,10 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
         source: config file name, for error messages.
         splits: which of train / val / test are needed; with ("test",) and a tokenizer state, no training image
             is checked (the training filenames are still read for the scene names).
+        fold_max_images: the ``data.max_images`` the run's folds were drawn with (test.py passes the checkpoint's).
+            The fold is drawn over that many images, then ``cfg.max_images`` (when > 0) keeps the first images of
+            each split, so a changed value never moves an image between train and val. None: ``cfg.max_images``
+            truncates the file before the draw (training).
 
     Raises:
         FileNotFoundError: missing folder, text file or images (listed up front).
@@ -118,8 +123,10 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
     full_all = _scenes(load_split(folder, "train", image_dir, False, ext, cfg.encoding), preset) if has_train else None
     train = val = None
     if want_train and full_all is not None:
-        full = truncate(full_all, cfg.max_images)
+        full = truncate(full_all, cfg.max_images if fold_max_images is None else fold_max_images)
         tr_idx, va_idx = _fold_indices(full_all, full, cfg, fold, where)
+        if fold_max_images is not None and cfg.max_images > 0:  # the run's fold, then its first images
+            tr_idx, va_idx = tr_idx[:cfg.max_images], va_idx[:cfg.max_images]
         train = full.subset(tr_idx, "train")
         val = full.subset(va_idx, "val") if va_idx else None
         log.info("fold %d (%s, seed %d): %d train / %d val images", fold, cfg.protocol, cfg.base_seed + fold,
@@ -221,7 +228,9 @@ def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg, pixels: 
 
 def model_context(bundle: DataBundle) -> ModelContext:
     """The :class:`core.context.ModelContext` of the bundle: vocab words, vocab size (incl. padding), scene names and
-    the file names of the fold's training images."""
+    the file names of the fold's training images with their captions."""
+    train = bundle.train
     return ModelContext(vocab_words=list(bundle.tokenizer.words) if bundle.tokenizer.words else None,
                         vocab_size=len(bundle.tokenizer), scene_names=list(bundle.scene_names),
-                        train_images=[Path(f).name for f in bundle.train.filenames] if bundle.train else None)
+                        train_images=[Path(f).name for f in train.filenames] if train else None,
+                        train_captions=[[train.captions[j] for j in g] for g in train.img2txt] if train else None)

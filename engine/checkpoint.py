@@ -1,9 +1,10 @@
 """Self-describing, atomic checkpoints.
 
 A checkpoint is a dict with ``model optimizer scheduler scaler epoch step best_metric config tokenizer
-scene_names fold rng extra method version``. ``last.pth`` holds all of it (a resume needs the optimizer, scheduler,
-scaler and RNG states); ``best.pth`` holds everything but those four (:func:`inference_state`), so it is much smaller
-for Adam-trained models: it is read by test.py and the final test, never resumed. Each is written to a temporary
+scene_names fold rng extra method version`` (``rng``: the generators of every process, :func:`rank_rng_state`).
+``last.pth`` holds all of it (a resume needs the optimizer, scheduler, scaler and RNG states); ``best.pth`` holds
+everything but those four (:func:`inference_state`), so it is much smaller for Adam-trained models: it is read by
+test.py and the final test, never resumed. Each is written to a temporary
 file in the same folder and renamed over the target, so a crash never leaves a half-written ``last.pth`` /
 ``best.pth``, and loaded with ``weights_only=True`` (RNG states are stored as tensors and plain lists for that reason).
 """
@@ -45,6 +46,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rank_rng_state(stored: dict[str, Any] | list[dict[str, Any]], rank: int) -> dict[str, Any]:
+    """Rank ``rank``'s generators out of a checkpoint's ``rng``.
+
+    ``rng`` holds one :func:`rng_state` per process of the run that wrote it (rank order; rank 0's taken after its
+    validation, the others' at the end of the epoch, where each process stands when the next epoch begins).
+    Checkpoints written before that hold rank 0's state alone. A resume with more processes than the checkpoint
+    has states reuses them round-robin (every rank starts from the same seed, as a new run does).
+    """
+    if isinstance(stored, dict):
+        return stored
+    return stored[rank % len(stored)]
 
 
 def inference_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -213,9 +213,22 @@ def load_test_target(args: argparse.Namespace, path: str | None) -> tuple[Config
     return cfg, None, None, 0
 
 
+def trained_max_images(state: dict) -> int:
+    """The ``data.max_images`` a checkpoint's run drew its folds with."""
+    data = state["config"].get("data") or {}
+    return int(data.get("max_images", 0))
+
+
 def evaluate_checkpoint(cfg: Config, state: dict | None, tokenizer_state: dict | None, fold: int,
-                        args: argparse.Namespace) -> tuple[dict, Any]:
-    """Rebuild data + model, load ``state``, evaluate ``args.split`` (with the chosen rerank)."""
+                        args: argparse.Namespace, where: str = "") -> tuple[dict, Any]:
+    """Rebuild data + model, load ``state``, evaluate ``args.split`` (with the chosen rerank).
+
+    The fold (train / val images) is the one the checkpoint's run drew: with its own ``data.max_images``, whatever
+    ``--set data.max_images`` says (that value then only keeps the first images of each split). ``where`` names the
+    checkpoint in messages.
+    """
+    from dataclasses import replace
+
     from data.build import build_data, model_context
     from engine.preflight import check_run_files
     from engine.rerank import TUNERS
@@ -227,8 +240,20 @@ def evaluate_checkpoint(cfg: Config, state: dict | None, tokenizer_state: dict |
     rerank = args.rerank or cfg.eval.rerank
     tune = rerank in TUNERS and cfg.eval.tune_rerank
     splits = ("train", "val", "test") if tune or args.split == "val" else ("test",)
-    bundle = build_data(cfg.data, fold=fold, tokenizer_state=tokenizer_state, splits=splits, source=cfg.source)
-    model = build_model(cfg.model, model_context(bundle), cfg.source).to(device)
+    drawn = trained_max_images(state) if state is not None else None
+    if drawn is not None and drawn != cfg.data.max_images:
+        log.info("folds drawn as in training (data.max_images=%d); data.max_images=%d keeps the first images of each "
+                 "split", drawn, cfg.data.max_images)
+    bundle = build_data(cfg.data, fold=fold, tokenizer_state=tokenizer_state, splits=splits, source=cfg.source,
+                        fold_max_images=drawn)
+    if args.split == "val" and bundle.val is None:
+        raise ConfigError(f"--split val: fold {fold} of {where or cfg.source} has no validation images "
+                          f"(data.val_ratio={cfg.data.val_ratio}, data.protocol={cfg.data.protocol}); evaluate "
+                          f"--split test, or train with data.val_ratio > 0")
+    ctx = model_context(bundle)
+    if state is not None:  # the weights (and what a method derives from training data) come from the checkpoint
+        ctx = replace(ctx, train_images=None, train_captions=None)
+    model = build_model(cfg.model, ctx, cfg.source).to(device)
     if state is not None:
         model.load_state_dict(state["model"])
         model.load_extra_state(state.get("extra", {}))
@@ -260,7 +285,7 @@ def test_command(args: argparse.Namespace) -> int:
         from engine.runner import format_metrics
 
         with torch.no_grad():
-            metrics, sim = evaluate_checkpoint(cfg, ckpt, tok, fold, args)
+            metrics, sim = evaluate_checkpoint(cfg, ckpt, tok, fold, args, path or "")
         metrics.update(method=cfg.model.name, checkpoint=path or f"zero-shot:{cfg.source}")
         print(f"{metrics['checkpoint']}: {format_metrics(metrics)}")
         rows.append(metrics)
@@ -281,4 +306,4 @@ def test_command(args: argparse.Namespace) -> int:
 
 __all__ = ["TEST_TIME_KEYS", "Interrupted", "config_names", "resolve_config_path", "split_test_overrides",
            "checkpoint_config", "check_output_file", "write_output", "run_command", "load_train_config",
-           "train_command", "load_test_target", "evaluate_checkpoint", "test_command"]
+           "train_command", "load_test_target", "trained_max_images", "evaluate_checkpoint", "test_command"]

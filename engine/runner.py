@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,9 +17,9 @@ from torch import nn
 
 from data.build import DataBundle, build_data, eval_loaders, model_context, train_loader
 from core import dist
-from engine.checkpoint import (check_resumable, inference_state, load_checkpoint, rng_state, save_checkpoint,
-                               set_rng_state, unwrap)
-from core.config import Config, config_from_dict, config_to_dict, save_config
+from engine.checkpoint import (check_resumable, inference_state, load_checkpoint, rank_rng_state, rng_state,
+                               save_checkpoint, set_rng_state, unwrap)
+from core.config import Config, config_from_dict, config_to_dict, lower_is_better, save_config
 from core.errors import RunError  # noqa: F401  (defined in core.errors; importable from here as before)
 from engine.evaluate import evaluate, metrics_with_rerank
 from engine.feature_cache import feature_plan, image_rows_cover, prime_feature_caches
@@ -116,13 +117,15 @@ def build_parts(cfg: Config, fold: int, run_dir: Path | None, device: torch.devi
 
 
 def checkpoint_state(cfg: Config, parts: Parts, model: nn.Module, epoch: int, step: int, best: float,
-                     best_epoch: int, fold: int) -> dict[str, Any]:
+                     best_epoch: int, fold: int, rng: list[dict] | None = None) -> dict[str, Any]:
+    """What ``last.pth`` holds; ``rng``: every process's generators in rank order (default: this process's)."""
     bare = unwrap(model)
     return {"model": bare.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(), "epoch": epoch,
             "step": step, "best_metric": best, "best_epoch": best_epoch, "config": config_to_dict(cfg),
             "tokenizer": parts.bundle.tokenizer.state(), "scene_names": list(parts.bundle.scene_names),
-            "fold": fold, "config_source": cfg.source, "rng": rng_state(), "extra": bare.extra_state(), "method": cfg.model.name}
+            "fold": fold, "config_source": cfg.source, "rng": rng if rng is not None else [rng_state()],
+            "extra": bare.extra_state(), "method": cfg.model.name}
 
 
 def restore(parts: Parts, ckpt: dict) -> tuple[int, int, float, int]:
@@ -130,10 +133,29 @@ def restore(parts: Parts, ckpt: dict) -> tuple[int, int, float, int]:
     parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     parts.scheduler.load_state_dict(ckpt["scheduler"])
-    parts.scaler.load_state_dict(ckpt["scaler"])
+    restore_scaler(parts.scaler, ckpt["scaler"])
     parts.model.load_extra_state(ckpt.get("extra", {}))
-    set_rng_state(ckpt["rng"])
+    stored = ckpt["rng"]
+    n_states = len(stored) if isinstance(stored, list) else 1
+    if n_states != dist.world_size():
+        log.warning("the checkpoint holds the generators of %d process(es), this run has %d: the resume is not exact "
+                    "(random draws such as dropout differ from an uninterrupted run)", n_states, dist.world_size())
+    set_rng_state(rank_rng_state(stored, dist.rank()))  # every rank its own generators
     return ckpt["epoch"] + 1, ckpt["step"], ckpt["best_metric"], ckpt.get("best_epoch", -1)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Load a checkpoint's GradScaler state; across amp settings too.
+
+    A checkpoint trained without fp16 holds ``{}`` (a disabled scaler's state), which an enabled scaler refuses:
+    resuming such a run with ``train.amp=fp16`` starts the scaler fresh (its initial scale, as a new fp16 run). A
+    disabled scaler (bf16 / off, CPU) ignores a stored fp16 state.
+    """
+    if scaler.is_enabled() and not state:
+        log.info("train.amp=fp16 over a checkpoint saved without a gradient scaler: the scaler starts fresh (scale "
+                 "%g)", scaler.get_scale())
+        return
+    scaler.load_state_dict(state)
 
 
 def evaluate_split(cfg: Config, model: nn.Module, bundle: DataBundle, split: str, device: torch.device,
@@ -164,7 +186,9 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
         cfg = replace(cfg, train=replace(cfg.train, epochs=0))
     setup_determinism(cfg)
     parts = build_parts(cfg, fold, run_dir, device, resume)
-    start, step, best, best_epoch = restore(parts, resume) if resume else (0, 0, float("-inf"), -1)
+    start, step, best, best_epoch = restore(parts, resume) if resume else (0, 0, initial_best(cfg), -1)
+    if resume is not None:
+        best, best_epoch = _resumed_best(cfg, resume, best, best_epoch)
     prime_feature_caches(parts.model, parts.bundle, cfg, device, parts.features)  # from the final weights
     model: nn.Module = parts.model
     if dist.is_dist():
@@ -186,11 +210,10 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
                                 epoch, device, amp=cfg.train.amp, grad_clip=cfg.optim.grad_clip,
                                 log_every=cfg.train.log_every, log_every_s=cfg.train.log_every_s)
         step += stats["steps"]
-        if dist.is_main():
-            best, best_epoch = _end_of_epoch(cfg, parts, model, writer, stats, epoch, step, best, best_epoch,
-                                             fold, run_dir, device)
+        best, best_epoch = _end_of_epoch(cfg, parts, model, writer, stats, epoch, step, best, best_epoch, fold,
+                                         run_dir, device)
         dist.barrier()
-    if dist.is_main() and cfg.train.epochs == 0:
+    if cfg.train.epochs == 0:
         best, best_epoch = _end_of_epoch(cfg, parts, model, writer, {"time_s": 0.0}, -1, 0, best, best_epoch, fold,
                                          run_dir, device)
     result = {"fold": fold, "best_epoch": best_epoch, "best_val": best, **facts}
@@ -201,21 +224,41 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
     return result
 
 
-def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWriter, stats: dict, epoch: int,
+def initial_best(cfg: Config) -> float:
+    """The best validation score before any validation: -inf, or +inf for a rank metric (lower is better)."""
+    return math.inf if lower_is_better(cfg.eval.select_metric) else -math.inf
+
+
+def improves(score: float, best: float, metric: str) -> bool:
+    """Whether validation ``score`` of ``metric`` beats ``best``: higher, or lower for medR / meanR (a NaN never)."""
+    if math.isnan(score):
+        return False
+    return score < best if lower_is_better(metric) else score > best
+
+
+def _resumed_best(cfg: Config, ckpt: dict, best: float, best_epoch: int) -> tuple[float, int]:
+    """The checkpoint's best score, unless ``--set`` changed ``eval.select_metric``: then the best epoch is chosen
+    anew (a score of another metric, or of the other direction, cannot be compared)."""
+    before = ckpt["config"].get("eval", {}).get("select_metric", "mR")
+    if before == cfg.eval.select_metric:
+        return best, best_epoch
+    log.warning("eval.select_metric changed from %s to %s on resume: best.pth is chosen anew from the next "
+                "validation", before, cfg.eval.select_metric)
+    return initial_best(cfg), -1
+
+
+def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWriter | None, stats: dict, epoch: int,
                   step: int, best: float, best_epoch: int, fold: int, run_dir: Path,
                   device: torch.device) -> tuple[float, int]:
-    row = {f"train/{k}": v for k, v in stats.items()}
-    improved = False
-    if parts.bundle.val is not None and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs):
-        metrics, _ = evaluate_split(cfg, model, parts.bundle, "val", device)
-        row.update({f"val/{k}": v for k, v in metrics.items()})
-        score = metrics[cfg.eval.select_metric]
-        improved = score > best
-        if improved:
-            best, best_epoch = score, epoch
-    elif parts.bundle.val is None:
-        improved, best_epoch = True, epoch  # no validation split: the last epoch is the one kept
-    state = checkpoint_state(cfg, parts, model, epoch, step, best, best_epoch, fold)
+    """Called by every rank: rank 0 validates, then every rank's generators are gathered (each where its next epoch
+    starts: rank 0 after validating), and rank 0 writes ``last.pth`` (and ``best.pth``) and the metrics row."""
+    row, improved = {}, False
+    if dist.is_main():
+        row, improved, best, best_epoch = _validate(cfg, parts, model, stats, epoch, best, best_epoch, device)
+    rng = dist.gather_object(rng_state())
+    if not dist.is_main():
+        return best, best_epoch
+    state = checkpoint_state(cfg, parts, model, epoch, step, best, best_epoch, fold, rng)
     if improved:
         save_checkpoint(run_dir / "best.pth", inference_state(state))  # weights only: never resumed
     save_checkpoint(run_dir / "last.pth", state)
@@ -224,6 +267,23 @@ def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWri
     log.info("epoch %d: loss %.4f, %s (best %.2f at epoch %d), %.1fs", epoch, stats.get("loss", float("nan")), val,
              best, best_epoch, stats["time_s"])
     return best, best_epoch
+
+
+def _validate(cfg: Config, parts: Parts, model: nn.Module, stats: dict, epoch: int, best: float, best_epoch: int,
+              device: torch.device) -> tuple[dict, bool, float, int]:
+    """(metrics row, improved, best, best epoch) after epoch ``epoch`` (validation when it is due)."""
+    row = {f"train/{k}": v for k, v in stats.items()}
+    improved = False
+    if parts.bundle.val is not None and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs):
+        metrics, _ = evaluate_split(cfg, model, parts.bundle, "val", device)
+        row.update({f"val/{k}": v for k, v in metrics.items()})
+        score = metrics[cfg.eval.select_metric]
+        improved = improves(score, best, cfg.eval.select_metric)
+        if improved:
+            best, best_epoch = score, epoch
+    elif parts.bundle.val is None:
+        improved, best_epoch = True, epoch  # no validation split: the last epoch is the one kept
+    return row, improved, best, best_epoch
 
 
 def _final_test(cfg: Config, parts: Parts, run_dir: Path, device: torch.device, writer: MetricWriter,

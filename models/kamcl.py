@@ -15,8 +15,11 @@ computes the MoCo logits (``logits_img`` = [v_q·t_k, v_q·Q_txt] / T, ``logits_
 then enqueues v_k and t_k. The loss (losses/kamcl.py + triplet hardest) is configured in ``configs/_base_/kamcl.yaml``.
 
 Files a user provides: ``pretrained/resnet18-f37072fd.pth`` (torchvision ImageNet ResNet-18), the skip-thought
-folder ``pretrained/skipthoughts/`` (``dictionary.txt``, ``utable.npy``, ``uni_skip.npz``), and the tag files made by
-``scripts/build_tags.py`` (``tags_path``, ``tag_vocab_path``).
+folder ``pretrained/skipthoughts/`` (``dictionary.txt``, ``utable.npy``, ``uni_skip.npz``), and optionally the tag
+files made by ``scripts/build_tags.py`` (``tags_path``, ``tag_vocab_path``). With ``tags_path: ""`` the tags are
+built from the fold's training captions by the same rule (:func:`image_tags`, :func:`tag_vocabulary`), which gives
+the file's tags for those images. Training never runs without tags: a missing tag file, a file whose names match
+none of the training images, or tags with no word of the run's vocabulary stop the run with one line.
 
 Where rsitr differs from upstream:
 
@@ -43,6 +46,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +58,7 @@ from torch import nn
 
 from core.config import ModelCfg
 from core.dist import all_gather_with_grad
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError, MissingFileError
 from core.files import RequiredFile
 from models.base import ModelContext, RetrievalModel
 from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
@@ -70,7 +74,7 @@ class KAMCLParams:
     arch: str = "resnet18"  # torchvision ResNet; layer4 width must equal embed_dim
     backbone_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet ResNet weights
     skipthought_dir: str = "pretrained/skipthoughts"  # dictionary.txt, utable.npy, uni_skip.npz
-    tags_path: str = "data/rsitmd_precomp/tags_label_th_1.txt"  # scripts/build_tags.py output (keyed by filename)
+    tags_path: str = ""  # scripts/build_tags.py output (keyed by filename); "" = build from the training captions
     tag_vocab_path: str = "data/rsitmd_precomp/tags_label_th_1/tag_vocab_512.json"  # tag words (<= embed_dim)
     tag_vocab_from: str = "train"  # train: rank the tags over the run's training images | file: tag_vocab_path
     image_size: int = 256  # = data.image_size; sizes the low-level Linear ((image_size / 4)**2 inputs)
@@ -169,7 +173,7 @@ class KAMCL(RetrievalModel):
         needs = resnet_required_files(params.backbone_weights, f"{params.arch} ImageNet weights, torchvision "
                                       "resnet18-f37072fd.pth", "model.params.backbone_weights")
         needs += skipthought_required_files(params.skipthought_dir)
-        files = [("tags_path", "per-image tags")]
+        files = [("tags_path", "per-image tags")] if params.tags_path else []
         if params.tag_vocab_from == "file":
             files.append(("tag_vocab_path", "tag vocabulary"))
         return needs + [RequiredFile(f"model.params.{key}", getattr(params, key), f"{what}; make it with "
@@ -190,8 +194,7 @@ class KAMCL(RetrievalModel):
             self.register_buffer(f"queue_ptr_{name}", torch.zeros(1, dtype=torch.long))
         if params.tag_vocab_from not in ("train", "file"):
             raise ConfigError(f"model.params.tag_vocab_from must be train or file, got '{params.tag_vocab_from}'")
-        train_images = ctx.train_images if params.tag_vocab_from == "train" else None
-        tag_words, self.tag_targets = load_tags(params, dim, ctx.vocab_words, train_images)
+        tag_words, self.tag_targets = load_tags(params, dim, ctx.vocab_words, ctx.train_images, ctx.train_captions)
         # caption word id -> tag index (-1: not a tag); a buffer, so checkpoints carry the tag vocabulary
         index = {w: i for i, w in enumerate(tag_words)}
         self.register_buffer("token_to_tag", torch.tensor([-1] + [index.get(w, -1) for w in ctx.vocab_words]))
@@ -305,6 +308,23 @@ def convert_kamcl_upstream(state: Mapping[str, torch.Tensor]) -> tuple[dict[str,
     return out, used
 
 
+_NON_ALNUM = re.compile(r"[^A-Za-z0-9]")
+TAG_THRESHOLD = 1  # an image's word is a tag when its captions hold it more than this often (build_tags.py default)
+
+
+def caption_words(caption: str) -> list[str]:
+    """Upstream ``clean_str`` words: non-alphanumerics -> spaces, lower-case, split (empty strings dropped)."""
+    return [w for w in _NON_ALNUM.sub(" ", caption).strip().lower().split(" ") if w]
+
+
+def image_tags(captions: list[str], threshold: int = TAG_THRESHOLD) -> list[tuple[str, int]]:
+    """Words of one image's captions with their counts, most frequent first (ties in first-seen order), counts
+    > ``threshold``: one line of ``scripts/build_tags.py``'s tag file."""
+    counts = Counter(w for c in captions for w in caption_words(c))
+    ranked = sorted(counts.items(), key=lambda wc: wc[1], reverse=True)  # stable: ties keep first-seen order
+    return [(w, c) for w, c in ranked if c > threshold]
+
+
 def tag_vocabulary(per_image: list[list[tuple[str, float]]], vocab_words: set[str], size: int
                    ) -> tuple[list[str], list[tuple[str, float]]]:
     """(top ``size`` tags, every vocabulary tag with its total count) over ``per_image`` (each image's (word, count)
@@ -318,34 +338,52 @@ def tag_vocabulary(per_image: list[list[tuple[str, float]]], vocab_words: set[st
     return [w for w, _ in ranked[:size]], ranked
 
 
-def load_tags(p: KAMCLParams, dim: int, vocab_words: list[str] | None = None,
-              train_images: list[str] | None = None) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Read the tag vocabulary and the per-image targets (count / max count over the image's listed words).
+TagLines = list[tuple[str, list[tuple[str, float]]]]  # (image file name, its (word, count) pairs)
 
-    With ``train_images`` the vocabulary is ranked over those images' lines of ``tags_path`` in ``vocab_words``
-    (:func:`tag_vocabulary`) instead of read from ``tag_vocab_path``. Returns ([], {}) with a warning when the files
-    are absent (pretrained=false builds and unit tests).
-    """
-    vocab_path, tags_path = Path(p.tag_vocab_path), Path(p.tags_path)
-    if not tags_path.is_file() or (train_images is None and not vocab_path.is_file()):
-        log.warning("kamcl: tag files not found (%s, %s); the tag multi-hot and concept targets are all zero; "
-                    "build them with scripts/build_tags.py", vocab_path, tags_path)
-        return [], {}
-    lines: list[tuple[str, list[tuple[str, float]]]] = []
-    for n, line in enumerate(tags_path.read_text(encoding="utf-8").splitlines(), 1):
+
+def read_tag_file(path: Path) -> TagLines:
+    """The lines of a ``scripts/build_tags.py`` tag file; a malformed line is a DataError naming file and line."""
+    lines: TagLines = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         name, _, rest = line.partition("\t")
         try:
             pairs = [(w, float(c)) for w, c in (x.rsplit(":", 1) for x in rest.split())]
         except ValueError:
-            raise DataError(f"{tags_path}:{n}: expected '<filename>\\t<word>:<count> ...', got {line[:80]!r}; "
+            raise DataError(f"{path}:{n}: expected '<filename>\\t<word>:<count> ...', got {line[:80]!r}; "
                             "rebuild it with scripts/build_tags.py") from None
         lines.append((name.strip(), pairs))
-    if train_images is None:
-        words = json.loads(vocab_path.read_text())[:dim]
-    else:
-        keep = set(train_images)
-        words = tag_vocabulary([pairs for name, pairs in lines if name in keep], set(vocab_words or ()), dim)[0]
-        log.info("kamcl: %d tags ranked over %d training images", len(words), len(keep))
+    return lines
+
+
+def _training_tag_lines(p: KAMCLParams, train_images: list[str], train_captions: list[list[str]] | None
+                        ) -> tuple[TagLines, str]:
+    """(tag lines, where they come from) for a run that trains on ``train_images``."""
+    if not p.tags_path:
+        if train_captions is None or len(train_captions) != len(train_images):
+            raise ConfigError("kamcl: model.params.tags_path is '' (build the tags from the training captions) but the "
+                              "model was given no training captions")
+        return [(n, [(w, float(c)) for w, c in image_tags(caps)]) for n, caps in zip(train_images, train_captions)], \
+            "the fold's training captions"
+    path = Path(p.tags_path)
+    if not path.is_file():
+        raise MissingFileError(f"model.params.tags_path: {path} not found; make it with scripts/build_tags.py, or set "
+                               "model.params.tags_path='' to build the tags from the fold's training captions")
+    lines = read_tag_file(path)
+    names = {name for name, _ in lines}
+    missing = [n for n in train_images if n not in names]
+    if len(missing) == len(train_images):
+        raise DataError(f"{path}: none of its {len(names)} image names is one of the {len(train_images)} training "
+                        f"images (e.g. {lines[0][0] if lines else 'no line'!r} vs {train_images[0]!r}); it was made "
+                        "for other data: rebuild it with scripts/build_tags.py on this dataset, or set "
+                        "model.params.tags_path='' to build the tags from the fold's training captions")
+    if missing:
+        log.warning("kamcl: %d of %d training images have no line in %s (their concept targets are zero), e.g. %s",
+                    len(missing), len(train_images), path, ", ".join(missing[:3]))
+    return lines, str(path)
+
+
+def _targets(lines: TagLines, words: list[str], dim: int) -> dict[str, torch.Tensor]:
+    """Per-image targets [dim]: count / max count over the image's listed words, at the words' tag slots."""
     index = {w: i for i, w in enumerate(words)}
     targets: dict[str, torch.Tensor] = {}
     for name, pairs in lines:
@@ -356,4 +394,45 @@ def load_tags(p: KAMCLParams, dim: int, vocab_words: list[str] | None = None,
                 if w in index:
                     y[index[w]] = c / top
         targets[name] = y
-    return words, targets
+    return targets
+
+
+def load_tags(p: KAMCLParams, dim: int, vocab_words: list[str] | None = None,
+              train_images: list[str] | None = None, train_captions: list[list[str]] | None = None
+              ) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """The tag vocabulary and the per-image targets (count / max count over the image's listed words).
+
+    For a run that trains (``train_images`` given): the tag lines come from ``tags_path``, or, when it is "", from
+    ``train_captions`` (each training image's captions) by :func:`image_tags`; the vocabulary is ranked over the
+    training images' lines in ``vocab_words`` (:func:`tag_vocabulary`), or read from ``tag_vocab_path``
+    (``tag_vocab_from: file``). Without training data (test.py, inference: the checkpoint's ``token_to_tag``
+    carries the vocabulary, and targets are only read in training) the files are read when both exist, else
+    ([], {}) is returned.
+
+    Raises:
+        MissingFileError: ``tags_path`` / ``tag_vocab_path`` (file mode) is missing in a run that trains.
+        DataError: a malformed tag line; a tag file that names none of the training images; no tag word in the
+            run's vocabulary.
+    """
+    vocab_path = Path(p.tag_vocab_path)
+    if train_images is None:
+        if not (p.tags_path and Path(p.tags_path).is_file() and vocab_path.is_file()):
+            log.info("kamcl built without training data and tag files: the tag vocabulary comes from the checkpoint")
+            return [], {}
+        lines = read_tag_file(Path(p.tags_path))
+        words = json.loads(vocab_path.read_text())[:dim]
+        return words, _targets(lines, words, dim)
+    lines, source = _training_tag_lines(p, train_images, train_captions)
+    keep = set(train_images)
+    if p.tag_vocab_from == "file":
+        if not vocab_path.is_file():
+            raise MissingFileError(f"model.params.tag_vocab_path: {vocab_path} not found (tag_vocab_from: file); make "
+                                   "it with scripts/build_tags.py, or set model.params.tag_vocab_from=train")
+        words = json.loads(vocab_path.read_text())[:dim]
+    else:
+        words = tag_vocabulary([pairs for name, pairs in lines if name in keep], set(vocab_words or ()), dim)[0]
+    if not words:
+        raise DataError(f"kamcl: the tags of the {len(keep)} training images ({source}) hold no word of the run's "
+                        "vocabulary, so every concept target would be zero; check the tag file and data.vocab")
+    log.info("kamcl: %d tag words; concept targets of %d training images from %s", len(words), len(keep), source)
+    return words, _targets([(name, pairs) for name, pairs in lines if name in keep], words, dim)

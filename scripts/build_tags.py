@@ -6,7 +6,10 @@ Writes, into ``--out`` (default: the precomp folder), the upstream layout (https
 ``util/get_concept_tags.py``; METHODS.md C4):
 
 * ``tags_label_th_<t>.txt``: one line per training image, ``<filename>\\t<word>:<count> <word>:<count> ...`` with the
-  words of the image's 5 captions, most frequent first (ties in first-seen order), counts > ``t`` (default 1) kept.
+  words of the image's captions, most frequent first (ties in first-seen order), counts > ``t`` (default 1) kept.
+  Captions are grouped by image as training reads them (``data.precomp.load_split``): with one filename line per
+  caption, consecutive equal names are one image, whatever its number of captions; with one line per image, the
+  captions divide evenly.
 * ``tags_label_th_<t>/tag_vocab_<n>.json``: the ``n`` (default 512) most frequent tags over all images (summed
   counts of the lines above, ties in first-seen order), restricted to the word vocabulary; ``.txt`` alongside, and
   ``all_words.txt`` (every vocabulary tag with its count).
@@ -16,49 +19,35 @@ looked the row number up in a reshuffled split, so targets belonged to other ima
 "words" that upstream's single-space split produces (``"trees , and"`` -> ``['trees', '', '', 'and']``) are
 dropped. Words are upstream's: every non-alphanumeric character becomes a space, then lower-case.
 Without ``--vocab`` the word vocabulary is built from the same captions (rsitr's ``data.vocab: ""`` rule).
+KAMCL with ``model.params.tags_path: ""`` applies the same rule (``models.kamcl.image_tags`` / ``tag_vocabulary``)
+to the fold's training captions itself, so these files are optional.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.errors import RsitrError, one_line  # noqa: E402
+from data.precomp import load_split  # noqa: E402
 from data.tokenize import build_vocab, load_vocab_json  # noqa: E402
-from models.kamcl import tag_vocabulary  # noqa: E402
+from models.kamcl import TAG_THRESHOLD, caption_words, image_tags, tag_vocabulary  # noqa: E402,F401
 
-_NON_ALNUM = re.compile(r"[^A-Za-z0-9]")
-
-
-def caption_words(caption: str) -> list[str]:
-    """Upstream ``clean_str`` words: non-alphanumerics -> spaces, lower-case, split (empty strings dropped)."""
-    return [w for w in _NON_ALNUM.sub(" ", caption).strip().lower().split(" ") if w]
+__all__ = ["caption_words", "image_tags", "read_train_split", "build_tags", "main"]
 
 
-def read_train_split(precomp: Path) -> tuple[list[str], list[list[str]]]:
-    """(image filenames, their captions) of ``train_*.txt``; accepts one filename per image or per caption."""
-    caps = (precomp / "train_caps.txt").read_text(encoding="utf-8").splitlines()
-    names = [n.strip() for n in (precomp / "train_filename.txt").read_text(encoding="utf-8").splitlines()]
-    if len(names) == len(caps):
-        names = names[::5]
-    if len(caps) != 5 * len(names):
-        raise ValueError(f"{precomp}: {len(caps)} captions do not fit {len(names)} images x 5")
-    return names, [caps[5 * i:5 * i + 5] for i in range(len(names))]
+def read_train_split(precomp: Path, encoding: str = "utf-8") -> tuple[list[str], list[list[str]]]:
+    """(image filenames, the captions of each) of ``train_caps.txt`` / ``train_filename.txt``, grouped by the
+    filename lines as training groups them (:func:`data.precomp.load_split`)."""
+    split = load_split(precomp, "train", check_images=False, encoding=encoding)
+    return list(split.filenames), [[split.captions[j] for j in group] for group in split.img2txt]
 
 
-def image_tags(captions: list[str], threshold: int = 1) -> list[tuple[str, int]]:
-    """Words of one image's captions with their counts, most frequent first, counts > ``threshold``."""
-    counts = Counter(w for c in captions for w in caption_words(c))
-    ranked = sorted(counts.items(), key=lambda wc: wc[1], reverse=True)  # stable: ties keep first-seen order
-    return [(w, c) for w, c in ranked if c > threshold]
-
-
-def build_tags(precomp: Path, out: Path, vocab_words: list[str] | None, size: int = 512, threshold: int = 1
-               ) -> tuple[Path, Path]:
+def build_tags(precomp: Path, out: Path, vocab_words: list[str] | None, size: int = 512,
+               threshold: int = TAG_THRESHOLD) -> tuple[Path, Path]:
     """Write the tag files (module docstring) and return (tag file, tag vocabulary JSON)."""
     names, captions = read_train_split(precomp)
     if vocab_words is None:
@@ -85,12 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", default="", help="word vocabulary JSON (word2idx/idx2word/idx); default: built")
     ap.add_argument("--out", default="", help="output folder (default: the precomp folder)")
     ap.add_argument("--size", type=int, default=512, help="tag vocabulary size")
-    ap.add_argument("--threshold", type=int, default=1, help="keep words counted more than this per image")
+    ap.add_argument("--threshold", type=int, default=TAG_THRESHOLD, help="keep words counted more than this per image")
     args = ap.parse_args(argv)
     precomp = Path(args.precomp)
-    words = load_vocab_json(args.vocab) if args.vocab else None
-    tag_file, vocab_json = build_tags(precomp, Path(args.out) if args.out else precomp, words, args.size,
-                                      args.threshold)
+    try:
+        words = load_vocab_json(args.vocab) if args.vocab else None
+        tag_file, vocab_json = build_tags(precomp, Path(args.out) if args.out else precomp, words, args.size,
+                                          args.threshold)
+    except RsitrError as e:  # a missing or malformed split file: one line, exit 2
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     print(f"wrote {tag_file} and {vocab_json}")
     return 0
 

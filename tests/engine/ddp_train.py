@@ -9,7 +9,13 @@ attention's ``dropout_prob`` too) and every BatchNorm stays in eval mode. Run as
 ``--float64`` (first argument) runs the model in float64: the summed gradients of 1 process and the all-reduced ones
 of 2 differ by float rounding only, about 1e-7 in float32, enough to swap near-tied test pairs of a barely trained tiny
 model; in float64 that noise is about 1e-16, so final metrics can be compared at 1e-4.
+
+Two more leading options, for the resume test (2 processes against 2 processes, where per-process randomness is
+what is tested): ``--keep-randomness`` leaves dropout and BatchNorm as the method has them, and
+``--kill-after-epoch K`` ends the process abruptly (``os._exit``, no clean-up, as a kill) right after rank 0 has
+written the ``last.pth`` of epoch K; torchrun then stops the other rank.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +56,20 @@ def build_float64(*args, **kwargs):
     return build_without_randomness(*args, **kwargs).double()
 
 
+KILLED = 137  # the exit status of a killed process
+_save = runner.save_checkpoint
+
+
+def kill_after(epoch: int):
+    """A ``save_checkpoint`` that ends the process right after writing the ``last.pth`` of ``epoch``."""
+    def save(path, state):
+        _save(path, state)
+        if Path(path).name == "last.pth" and state["epoch"] == epoch:
+            sys.stdout.flush()
+            os._exit(KILLED)
+    return save
+
+
 runner.build_model = build_without_randomness
 
 if __name__ == "__main__":
@@ -59,4 +79,10 @@ if __name__ == "__main__":
         torch.set_default_dtype(torch.float64)
         nn.modules.module.register_module_forward_pre_hook(_float64_inputs)
         runner.build_model = build_float64
+    if argv[:1] == ["--keep-randomness"]:
+        argv = argv[1:]
+        runner.build_model = _build
+    if argv[:1] == ["--kill-after-epoch"]:
+        runner.save_checkpoint = kill_after(int(argv[1]))
+        argv = argv[2:]
     sys.exit(train.main(argv))

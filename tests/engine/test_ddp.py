@@ -103,3 +103,40 @@ def test_gathering_methods_two_processes_match_one(tmp_path, name, sets):
         for key in ("queue_im", "queue_tx", "queue_ptr_im", "queue_ptr_tx"):
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-10, msg=key)
         assert int(a["queue_ptr_im"]) == (2 * 10 * 16) % 48  # 2 epochs x 10 steps x 16 keys, wrapped
+
+
+@pytest.mark.slow
+def test_two_process_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
+    """tiny_pir with its dropout (p 0.1, BERT's too) and BatchNorm as the method has them, 2 gloo processes, 2 epochs:
+    once uninterrupted, once killed right after epoch 0's last.pth and resumed. Each process draws its own dropout
+    masks and only rank 0 validates (which advances its CPU generator), so the resume equals the uninterrupted run
+    only when every rank gets its own generators back: weights, epoch-1 losses and metrics, test metrics, all exact."""
+    torchrun = _torchrun()
+    name = "tiny_pir"
+    launch = [torchrun, "--standalone", "--nproc_per_node", "2", WORKER, "--keep-randomness"]
+    args = ["--config", f"configs/tests/{name}.yaml", "--set", "data.max_images=40", "--set", "data.batch_size=16",
+            "--set", "train.epochs=2"]
+    _run(launch + args + ["--output-dir", str(tmp_path / "whole")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run(launch + ["--kill-after-epoch", "0"] + args + ["--output-dir", str(tmp_path / "cut")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    run = tmp_path / "cut" / name / "fold0"
+    assert killed.returncode != 0 and not (run / "test.json").exists(), killed.stderr[-2000:]
+    ckpt = torch.load(run / "last.pth", weights_only=True)
+    assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # the ranks' generators differ
+    _run(launch + ["--resume", str(run / "last.pth")])
+    whole = tmp_path / "whole" / name / "fold0"
+    a, b = (torch.load(r / "last.pth", weights_only=True) for r in (whole, run))
+    assert a["epoch"] == b["epoch"] == 1
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+    def row(r: Path, epoch: int) -> dict:
+        rows = [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()]
+        return {k: v for k, v in next(x for x in rows if x.get("epoch") == epoch).items()
+                if "time" not in k and not k.endswith("data_s")}
+
+    assert row(whole, 1) == row(run, 1) and "val/mR" in row(whole, 1)
+    ta, tb = (json.loads((r / "test.json").read_text()) for r in (whole, run))
+    assert {k: ta[k] for k in KEYS} == {k: tb[k] for k in KEYS}

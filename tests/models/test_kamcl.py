@@ -239,3 +239,60 @@ def test_a_malformed_tag_line_names_file_and_line(tmp_path) -> None:
     cfg = load_config(ROOT / "configs/tests/tiny_kamcl.yaml", [f"model.params.tags_path={bad}"])
     with pytest.raises(DataError, match=rf"{bad.name}:2: expected"):
         build_model(cfg.model, ModelContext(vocab_words=WORDS, vocab_size=len(WORDS) + 1, train_images=["x.png"]))
+
+
+def _train_ctx(names: list[str], captions: list[list[str]] | None = None) -> ModelContext:
+    return ModelContext(vocab_words=WORDS, vocab_size=len(WORDS) + 1, train_images=names, train_captions=captions)
+
+
+def test_tags_built_from_the_training_captions_equal_build_tags_files(tmp_path) -> None:
+    """tags_path: "" builds, from ctx.train_captions, the tags build_tags.py writes for the same training images
+    (3 and 6 captions per image here, one filename line per caption): same tag vocabulary, same targets."""
+    data = {"airport_1.png": CAPS["airport_1.png"][:3], "river_2.png": CAPS["river_2.png"] + ["river river road"]}
+    (tmp_path / "train_caps.txt").write_text("".join(c + "\n" for caps in data.values() for c in caps))
+    (tmp_path / "train_filename.txt").write_text("".join(n + "\n" for n, caps in data.items() for _ in caps))
+    tag_file, _ = build_tags(tmp_path, tmp_path, WORDS, size=512)
+    names = list(data)
+    from_file = build_model(load_config(ROOT / "configs/tests/tiny_kamcl.yaml",
+                                        [f"model.params.tags_path={tag_file}"]).model, _train_ctx(names))
+    built = build_model(load_config(ROOT / "configs/tests/tiny_kamcl.yaml").model,
+                        _train_ctx(names, list(data.values())))
+    assert torch.equal(built.token_to_tag, from_file.token_to_tag) and int((built.token_to_tag >= 0).sum()) >= 4
+    assert built.tag_targets.keys() == from_file.tag_targets.keys() == set(names)
+    for n in names:
+        assert torch.equal(built.tag_targets[n], from_file.tag_targets[n]), n
+    col = {w: int(built.token_to_tag[WORDS.index(w) + 1]) for w in ("river", "road", "plane")}
+    # river_2.png: river 6 times (the most), road 4 -> 4/6; airport_1.png: plane 3 of its 3 captions' 4 -> 1.0
+    assert built.tag_targets["river_2.png"][col["river"]] == 1.0
+    assert float(built.tag_targets["river_2.png"][col["road"]]) == pytest.approx(4 / 6)
+    assert built.tag_targets["airport_1.png"][col["plane"]] == 1.0
+
+
+def test_training_without_usable_tags_stops_with_one_line(tmp_path) -> None:
+    from core.errors import ConfigError, DataError, MissingFileError
+
+    def build(tags_path, ctx):
+        cfg = load_config(ROOT / "configs/tests/tiny_kamcl.yaml", [f"model.params.tags_path={tags_path}"])
+        return build_model(cfg.model, ctx)
+
+    names = list(CAPS)
+    with pytest.raises(MissingFileError, match=r"model.params.tags_path: .*nope.txt not found.*tags_path=''"):
+        build(tmp_path / "nope.txt", _train_ctx(names))
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("00001.tif\tplane:3 airport:2\n00002.tif\triver:4\n")
+    with pytest.raises(DataError, match=r"foreign.txt: none of its 2 image names is one of the 2 training images"):
+        build(foreign, _train_ctx(names))
+    no_words = tmp_path / "no_words.txt"
+    no_words.write_text("airport_1.png\tthe:4 a:3\nriver_2.png\tand:2\n")
+    with pytest.raises(DataError, match="hold no word of the run's vocabulary"):
+        build(no_words, _train_ctx(names))
+    with pytest.raises(ConfigError, match="no training captions"):
+        build("", _train_ctx(names))
+
+
+def test_built_without_training_data_needs_no_tag_file(tmp_path) -> None:
+    """test.py and inference build the model without training data: the checkpoint's token_to_tag is loaded over it,
+    so a tag file that is not there (any more) is no error."""
+    cfg = load_config(ROOT / "configs/tests/tiny_kamcl.yaml", [f"model.params.tags_path={tmp_path / 'gone.txt'}"])
+    model = build_model(cfg.model, _ctx())
+    assert (model.token_to_tag < 0).all() and model.tag_targets == {}

@@ -1,5 +1,5 @@
-"""KAMCL learning test: tags built from the demo captions, the tiny config trained briefly beats chance clearly;
-then a resumed run reproduces the uninterrupted one (queues and key encoders included)."""
+"""KAMCL learning test: the tiny config through the CLI (tags built from the fold's training captions) beats twice
+chance; then a resumed run with a tag file reproduces the uninterrupted one (queues and key encoders included)."""
 from __future__ import annotations
 
 import json
@@ -33,14 +33,19 @@ def tag_args(tmp_path_factory) -> list[str]:
 
 
 @pytest.mark.slow
-def test_tiny_kamcl_learns(tmp_path: Path, tag_args: list[str]) -> None:
-    assert train.main(["--config", CFG, "--output-dir", str(tmp_path)] + tag_args) == 0
+def test_tiny_kamcl_learns(tmp_path: Path) -> None:
+    """The shipped config as the CLI runs it (no tag file: the tags come from the fold's training captions) reaches a
+    test mR above twice chance; with all-zero tags (a missing file used to be only a warning) it reached 1.7x."""
+    assert train.main(["--config", CFG, "--output-dir", str(tmp_path)]) == 0
     run = tmp_path / "tiny_kamcl" / "fold0"
+    assert int((torch.load(run / "best.pth", weights_only=True)["model"]["token_to_tag"] >= 0).sum()) > 0
     out = tmp_path / "test.json"
     assert test_entry.main(["--resume", str(run / "best.pth"), "--json", str(out)]) == 0
     metrics = json.loads(out.read_text())
-    chance = chance_mr(metrics["n_images"], metrics["n_captions"] // metrics["n_images"])
-    assert metrics["mR"] > chance + 10, (metrics["mR"], chance)
+    assert metrics["n_captions"] == 5 * metrics["n_images"]
+    chance = chance_mr(metrics["n_images"], 5)
+    assert metrics["mR"] > 2 * chance and metrics["mR"] > chance + 10, (metrics["mR"], chance)
+    assert metrics["mR"] == pytest.approx(json.loads((run / "test.json").read_text())["mR"], abs=1e-9)
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in r]
     assert not any("concept_bce" in k for k in rows[0]) and any("concept_bce" in k for k in rows[1])
 

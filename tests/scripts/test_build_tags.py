@@ -77,3 +77,33 @@ def test_tag_vocabulary_is_the_top_512_vocabulary_words(built) -> None:
     assert {w for c, w in ranked if c > cut} <= set(vocab)  # everything strictly above the cut is in
     assert all(total[a] >= total[b] for a, b in zip(vocab, vocab[1:]))  # ordered by total count
     assert "the" not in vocab and "a" not in vocab  # stop-words are not vocabulary words
+
+
+# one filename line per caption, 3 / 7 / 5 captions: names[::5] would read a.png's line off captions of b.png
+VARYING = {"a.png": ["red roof red roof", "a red roof", "roof"],
+           "b.png": ["green field", "green green field", "a field", "field field", "trees", "trees near field",
+                     "green"],
+           "c.png": ["a river", "the river bends", "river and road", "road", "the road"]}
+
+
+def test_captions_grouped_by_their_filename_lines(tmp_path) -> None:
+    (tmp_path / "train_caps.txt").write_text("".join(c + "\n" for caps in VARYING.values() for c in caps))
+    (tmp_path / "train_filename.txt").write_text("".join(n + "\n" for n, caps in VARYING.items() for _ in caps))
+    assert main(["--precomp", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    lines = (tmp_path / "out" / "tags_label_th_1.txt").read_text().splitlines()
+    got = {}
+    for line in lines:
+        key, _, rest = line.partition("\t")
+        got[key] = {w: int(c) for w, c in (x.rsplit(":", 1) for x in rest.split())}
+    want = {n: {w: c for w, c in Counter(w for cap in caps for w in re.findall(r"[a-z]+", cap)).items() if c > 1}
+            for n, caps in VARYING.items()}
+    assert got == want
+    assert want["a.png"] == {"red": 3, "roof": 4} and want["b.png"] == {"green": 4, "field": 6, "trees": 2}
+
+
+def test_a_bad_layout_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "train_caps.txt").write_text("one\ntwo\nthree\n")
+    (tmp_path / "train_filename.txt").write_text("a.png\nb.png\n")
+    assert main(["--precomp", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "train_filename.txt has 2 lines" in err
