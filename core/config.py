@@ -330,6 +330,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.scheduler": ("step", "warmup_linear", "cosine", "constant"),
     "train.amp": ("bf16", "fp16", "off"),
     "eval.amp": ("bf16", "fp16", "off"),
+    "train.feature_cache": ("off", "memory", "disk"),
 }
 
 
@@ -401,10 +402,10 @@ def migrate(data: dict) -> dict:
             params = dict(params) if isinstance(params, dict) else {}
             params.setdefault(field_name, value)
             target[new_key] = params
-    for sec in ("train", "eval"):  # YAML 1.1 reads a bare `amp: off` as false: mean the choice "off"
-        section = data.get(sec)
-        if isinstance(section, dict) and section.get("amp") is False:
-            section["amp"] = "off"
+    for sec, key in (("train", "amp"), ("eval", "amp"), ("train", "feature_cache")):  # YAML 1.1 reads a bare
+        section = data.get(sec)  # `amp: off` as false: mean the choice "off"
+        if isinstance(section, dict) and section.get(key) is False:
+            section[key] = "off"
     return data
 
 

@@ -161,6 +161,9 @@ def train_command(args: argparse.Namespace) -> int:
     else:
         folds = list(range(cfg.data.n_folds)) if args.folds == "all" else [args.fold]
         root = experiment_dir(cfg, args.output_dir)
+    from dataclasses import replace
+
+    cfg = replace(cfg, train=replace(cfg.train, output_dir=str(root.parent)))  # where it really goes (feature cache)
     if any(f < 0 or f >= max(1, cfg.data.n_folds) for f in folds):
         raise ConfigError(f"--fold {folds[0]} is outside data.n_folds={cfg.data.n_folds}")
     from engine.preflight import check_run_files
