@@ -4,8 +4,8 @@ open_clip's embeddings.
 A checkpoint in open_clip's state-dict layout (the layout RemoteCLIP and GeoRSCLIP publish) is written from
 open_clip's own random init (``pretrained=None``, nothing downloaded) for ViT-B-32 and RN50 (RemoteCLIP also
 releases an RN50). It goes through ``clip_zeroshot`` and ``clip_finetune`` built from ``configs/ucm_clip_*.yaml``
-(with ``quick_gelu: false``, the setting for those weights) and through ``open_clip.create_model(arch,
-pretrained=FILE)``, open_clip's own loader. Captions are tokenized by rsitr's ``data.tokenize.ClipTokenizer`` on one
+(with ``quick_gelu: false``: the architecture ``open_clip.create_model(arch)`` builds) and through
+``open_clip.create_model(arch, pretrained=FILE)``, open_clip's own loader. Captions are tokenized by rsitr's ``data.tokenize.ClipTokenizer`` on one
 side and ``open_clip.get_tokenizer`` on the other. Pass: image and text embeddings within 1e-5 (max abs).
 
 The code also claims OpenAI's layout (models/encoders/clip.py): the released TorchScript archive and a plain state
