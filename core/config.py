@@ -132,6 +132,8 @@ class EvalCfg:
     scene_recall: tuple[int, ...] = ()  # SRR@r cut-offs to report (SWAN), e.g. [1, 5, 10]
     amp: str = "off"  # off | bf16 | fp16: autocast while encoding val/test on CUDA; off = fp32, so metrics and the
     # best-epoch choice do not depend on train.amp (bf16/fp16 evaluate faster, with slightly different numbers)
+    recipe: str = ""  # "" / none | remoteclip | georsclip: evaluate with that code's image and caption rules
+    # (data/recipes.py: CLIP 224 px resize + centre crop, caption case); needs data.tokenizer clip and fp32
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp": ("bf16", "fp16", "off"),
     "eval.amp": ("bf16", "fp16", "off"),
     "train.feature_cache": ("off", "memory", "disk"),
+    "eval.recipe": ("", "none", "remoteclip", "georsclip"),  # data/recipes.py RECIPES
 }
 
 
@@ -382,6 +385,23 @@ def _check_values(cfg: Config, source: str) -> None:
     _check_select_metric(cfg.eval, source)
     if cfg.data.protocol == "kfold" and cfg.data.n_folds < 2:
         raise ConfigError(f"{source}: 'data.n_folds' must be >= 2 with data.protocol=kfold, got {cfg.data.n_folds}")
+    if cfg.eval.recipe not in ("", "none"):
+        _check_recipe(cfg, source)
+
+
+def _check_recipe(cfg: Config, source: str) -> None:
+    """An evaluation recipe is CLIP-family code in fp32: refuse settings that would evaluate otherwise."""
+    recipe = cfg.eval.recipe
+    if cfg.data.tokenizer != "clip":
+        raise ConfigError(f"{source}: 'eval.recipe: {recipe}' evaluates open_clip models; it needs data.tokenizer: "
+                          f"clip, got {cfg.data.tokenizer!r}")
+    if cfg.eval.amp != "off":
+        raise ConfigError(f"{source}: 'eval.recipe: {recipe}' evaluates in fp32; set eval.amp: off (got "
+                          f"{cfg.eval.amp!r})")
+    precision = cfg.model.params.get("precision", "fp32")
+    if precision != "fp32":
+        raise ConfigError(f"{source}: 'eval.recipe: {recipe}' evaluates in fp32; set model.params.precision: fp32 "
+                          f"(got {precision!r})")
 
 
 # old key -> its place now (configs and checkpoints written before the move still load)

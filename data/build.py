@@ -27,6 +27,7 @@ from data.folds import check_leakage, make_folds, write_split_files
 from data.images import check_images, fill_cache
 from data.precomp import NONECLASS, PrecompSplit, load_split, truncate
 from data.presets import Preset, get_preset, resolve_folders
+from data.recipes import get_recipe
 from data.tokenize import Tokenizer, build_tokenizer, tokenizer_from_state, vocab_report
 from data.transforms import build_transform
 
@@ -213,13 +214,18 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
                       **_loader_kwargs(cfg))
 
 
-def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg, pixels: bool = True
+def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg, recipe: str = "", pixels: bool = True
                  ) -> tuple[DataLoader, DataLoader]:
-    """(images once, captions once) loaders of a split, in file order, batch ``data.eval_batch_size``
-    (``pixels=False``: image batches carry names only, for a model whose image features are cached)."""
-    images = ImageDataset(split, build_transform(cfg.transform, False, cfg.image_size), bundle.scene_ids(split),
-                          cache=cfg.cache, pixels=pixels)
-    captions = CaptionDataset(split, bundle.tokenizer)
+    """(images once, captions once) loaders of a split, in file order, batch ``data.eval_batch_size``.
+
+    ``recipe`` (``eval.recipe``, data/recipes.py) replaces the eval pipeline of ``data.transform`` / ``image_size``
+    and rewrites the captions before they are encoded, as that recipe's evaluation code does. ``pixels=False``: image
+    batches carry names only, for a model whose image features are cached (engine/feature_cache.py)."""
+    rule = get_recipe(recipe)
+    transform = (build_transform(rule.transform, False, rule.image_size) if rule is not None
+                 else build_transform(cfg.transform, False, cfg.image_size))
+    images = ImageDataset(split, transform, bundle.scene_ids(split), cache=cfg.cache, pixels=pixels)
+    captions = CaptionDataset(split, bundle.tokenizer, rule.caption if rule is not None else None)
     kw = dict(_loader_kwargs(cfg), persistent_workers=False)  # eval loaders are rebuilt per evaluation
     return (DataLoader(images, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=image_collate, **kw),
             DataLoader(captions, batch_size=cfg.eval_batch_size, shuffle=False,  # ids are precomputed: no workers

@@ -154,9 +154,10 @@ class ImageDataset(Dataset):
 class CaptionDataset(Dataset):
     """Each caption of a split once, in file order (evaluation); token ids are computed once up front."""
 
-    def __init__(self, split: PrecompSplit, tokenizer: Tokenizer) -> None:
+    def __init__(self, split: PrecompSplit, tokenizer: Tokenizer, prepare: Callable[[str], str] | None = None) -> None:
+        """``prepare`` rewrites each caption before it is encoded (an evaluation recipe's caption rule)."""
         self.split = split
-        self.ids = [tokenizer.encode(c) for c in split.captions]
+        self.ids = [tokenizer.encode(prepare(c) if prepare is not None else c) for c in split.captions]
 
     def __len__(self) -> int:
         return self.split.n_captions

@@ -163,7 +163,8 @@ def evaluate_split(cfg: Config, model: nn.Module, bundle: DataBundle, split: str
     """Metrics of one split of ``bundle`` (``val`` or ``test``), encoded under ``eval.amp`` (fp32 by default, never
     ``train.amp``: validation and test numbers must not depend on the training precision)."""
     data = getattr(bundle, split)
-    img_loader, txt_loader = eval_loaders(data, bundle, cfg.data, pixels=not image_rows_cover(model, data))
+    pixels = not image_rows_cover(model, data) or bool(cfg.eval.recipe)
+    img_loader, txt_loader = eval_loaders(data, bundle, cfg.data, cfg.eval.recipe, pixels=pixels)
     names = {n: i for i, n in enumerate(bundle.scene_names)}
     scenes = torch.tensor([names.get(s, -1) for s in data.scenes])
     return evaluate(model, img_loader, txt_loader, torch.tensor(data.txt2img), device, amp=cfg.eval.amp,

@@ -18,7 +18,9 @@ al., ICML 2021; open_clip: github.com/mlfoundations/open_clip. The adapter metho
 
 Pretrained assets (user-provided, ``model.params.weights``; nothing is downloaded): ``pretrained/ViT-B-32.pt``
 (OpenAI's release, TorchScript), or an open_clip state dict such as ``pretrained/RemoteCLIP-ViT-B-32.pt`` or
-``pretrained/RS5M_ViT-B-32.pt`` (GeoRSCLIP) with ``quick_gelu: false``. See models/encoders/clip.py.
+``pretrained/RS5M_ViT-B-32.pt`` (GeoRSCLIP), evaluated with QuickGELU as their code does. See
+models/encoders/clip.py; ``eval.recipe: remoteclip | georsclip`` evaluates with their image and caption rules
+(data/recipes.py).
 
 Published checkpoints (``model.init_from: upstream:PATH``): keys in OpenAI/open_clip layout (``visual.conv1.weight``)
 or PE-RSITR's (``PE_RSITR.model.visual.conv1.weight``) map to ``clip.<key>``; anything else is reported unplaced.
@@ -49,7 +51,8 @@ log = logging.getLogger(__name__)
 class ClipParams:
     arch: str = "ViT-B-32"  # open_clip architecture (ViT-B-16, ViT-L-14, ...), or rsitr-tiny for tests
     weights: str = ""  # local CLIP weights: OpenAI .pt (TorchScript) or an open_clip state dict (RemoteCLIP, GeoRSCLIP)
-    quick_gelu: bool = True  # QuickGELU as OpenAI CLIP (and PE-RSITR); false for RemoteCLIP / GeoRSCLIP weights
+    quick_gelu: bool = True  # QuickGELU as OpenAI CLIP, PE-RSITR and the RemoteCLIP/GeoRSCLIP evaluation code;
+    # false = open_clip's plain GELU architecture
     precision: str = "fp32"  # fp32 | fp16 (OpenAI-style fp16 weights, as upstream runs on GPU)
     max_logit_scale: float = 100.0  # clamp exp(logit_scale) to this while it trains (CLIP / open_clip)
     trim_text: bool = True  # run the text tower only up to the batch's last end-of-text token (same result: causal)

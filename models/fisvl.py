@@ -23,7 +23,13 @@ Where rsitr differs from upstream (``model.upstream_compat: true`` restores upst
   (upstream mixes them, see sfgs.py); both follow ``upstream_compat``. Without the mask a caption's embedding
   depends on its batch's padding: upstream evaluates text in batches of 128 padded to the longest caption, as
   ``data.eval_batch_size: 128`` in the configs does.
-* Frozen ResNet BatchNorm kept in eval mode (``resnet_bn: train`` = upstream drift, D10).
+* Frozen ResNet BatchNorm kept in eval mode (``resnet_bn: train`` = upstream: batch statistics in training, drift,
+  D10).
+* BERT's [PAD] row keeps transformers' ``padding_idx`` and never trains; upstream's embedding has none
+  (``bert_pad_grad: true``, on under upstream_compat; see models/pir.py).
+* Loss quirks of upstream (scene loss: int-truncated weights, a positive mask that never matches; transposed
+  affiliation text term) are loss flags (losses/fisvl.py, losses/affiliation.py). tests/models/test_parity_train.py
+  checks one training step per schedule phase (loss terms, total, every gradient norm) against the upstream code.
 * Best epoch on validation, not test (D2); the upstream fixed JSON split is SWAN's stratified split
   (``data.protocol: fixed`` + ``data.split_dir`` for the exact files).
 * Per-caption weights of the weighted contrastive loss were never published; rsitr defines them in

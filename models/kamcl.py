@@ -28,6 +28,12 @@ Where rsitr differs from upstream:
 * The text GPO pools only the real words (upstream passes one length 2L for the whole batch, so padding is pooled
   and a caption's embedding depends on its batch mates); ``upstream_compat: true`` restores it.
 * The queues take any batch size (wrap-around writes); upstream asserted K % B == 0.
+* The momentum update moves every key-encoder parameter. Upstream's ``_momentum_update_key_encoder`` zips the
+  visual query/key and text query/key parameter lists, so it stops at the shortest: only the first
+  min(#visual, #text) parameters of each key encoder move (ResNet-18: the whole text key encoder, 38 parameters,
+  and the visual one up to ``layer3.0.downsample.1.weight``; the rest keeps its initial copy for ever).
+  ``momentum_zip: true`` restores that (on under upstream_compat; rsitr's parameter lists are in upstream's order
+  over those 38: the ResNet leads the visual encoder, tests/models/test_parity_train.py checks the updated keys).
 * The tag vocabulary is ranked over the images the run trains on (``tag_vocab_from: train``, the default): the
   ``embed_dim`` most frequent tags of the fold's training images in ``tags_path`` that are in the run's word
   vocabulary, by the rule of ``scripts/build_tags.py``. Upstream's ``tag_vocab_path`` file was ranked over the whole
@@ -86,6 +92,8 @@ class KAMCLParams:
     momentum: float = 0.999  # key encoder momentum m
     temperature: float = 0.07  # MoCo temperature T
     text_gpo_mask_pad: bool = True  # pool only real words (off under upstream_compat)
+    momentum_zip: bool = False  # upstream: update only the first min(#visual, #text) key parameters (on under
+    # upstream_compat)
 
 
 def _mlp(dim: int) -> nn.Sequential:
@@ -187,6 +195,7 @@ class KAMCL(RetrievalModel):
         self.visual_q = VisualEncoder(params, dim, cfg.pretrained)
         self.text_q = TextEncoder(params, dim, ctx.vocab_words, cfg.pretrained,
                                   params.text_gpo_mask_pad and not cfg.upstream_compat)
+        self.momentum_zip = params.momentum_zip or cfg.upstream_compat
         self.visual_k = copy.deepcopy(self.visual_q).requires_grad_(False)
         self.text_k = copy.deepcopy(self.text_q).requires_grad_(False)
         for name in ("im", "tx"):
@@ -260,12 +269,27 @@ class KAMCL(RetrievalModel):
         queue[:, idx] = keys.t().to(queue.dtype)
         ptr[0] = (int(ptr) + keys.shape[0]) % k
 
+    def momentum_pairs(self) -> list[tuple[str, str]]:
+        """(query name, key name) of every parameter pair the momentum update moves, in update order.
+
+        All parameters; with ``momentum_zip`` upstream's ``zip(visual_q, visual_k, text_q, text_k)``, which stops at
+        the shorter encoder: the first min(#visual, #text) parameters of each.
+        """
+        lists = [[(f"{q}.{n}", f"{k}.{n}") for n, _ in getattr(self, q).named_parameters()]
+                 for q, k in (("visual_q", "visual_k"), ("text_q", "text_k"))]
+        if self.momentum_zip:
+            n = min(len(pairs) for pairs in lists)
+            lists = [pairs[:n] for pairs in lists]
+        return lists[0] + lists[1]
+
     @torch.no_grad()
     def on_train_step_start(self) -> None:
-        """Momentum update of the key encoders: θ_k <- m θ_k + (1 - m) θ_q (parameters only, as upstream)."""
+        """Momentum update of the key encoders: θ_k <- m θ_k + (1 - m) θ_q (parameters only, as upstream; with
+        ``momentum_zip`` only the pairs upstream's zip reaches, :meth:`momentum_pairs`)."""
         m = self.p.momentum
-        keys = [*self.visual_k.parameters(), *self.text_k.parameters()]
-        queries = [p.detach() for p in (*self.visual_q.parameters(), *self.text_q.parameters())]
+        named = dict(self.named_parameters())
+        pairs = self.momentum_pairs()
+        keys, queries = [named[k] for _, k in pairs], [named[q].detach() for q, _ in pairs]
         torch._foreach_mul_(keys, m)  # one multi-tensor op each instead of two ops per parameter
         torch._foreach_add_(keys, queries, alpha=1.0 - m)
 

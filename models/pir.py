@@ -29,7 +29,16 @@ Where rsitr differs from upstream (each a flag; ``model.upstream_compat: true`` 
   the same with a stable sort (ties broken by token index, lowest first). The default uses ``topk`` (ties in no
   defined order).
 * The frozen ResNet is kept in eval mode so its BatchNorm statistics do not drift (D10; ``resnet_bn: train`` is
-  upstream's behaviour). The ResNet output is flattened, not squeezed (upstream breaks on batch size 1).
+  upstream's behaviour: ``model.train()`` puts the frozen BatchNorm in train mode, so it normalises with batch
+  statistics). The ResNet output is flattened, not squeezed (upstream breaks on batch size 1).
+* BERT's word embedding keeps transformers' ``padding_idx`` (0), so the [PAD] row never trains. Upstream's own
+  ``models/bert.py`` embedding has none and, with the padding attended, the [PAD] row gets a gradient
+  (``bert_pad_grad: true``, on under upstream_compat; the forward is the same either way).
+* Losses (configs/_base_/pir.yaml, losses/): upstream PIR's affiliation centres are plain same-scene means; the
+  config keeps the affiliation default ``eps: 6e-5`` (FISVL's smoothing; ~1e-5 relative on the term), ``eps: 0``
+  is upstream. Upstream's affiliation text term is transposed (``affiliation.upstream_compat: true``, see
+  losses/affiliation.py). tests/models/test_parity_train.py checks one training step (every loss term, the total
+  and every gradient norm) against the upstream code.
 * The best epoch is chosen on the validation split by the engine; upstream picked it on the test split (D2).
   Upstream trains on one fixed JSON split, which equals SWAN's stratified split: ``data.protocol: fixed`` with
   ``data.split_dir`` reproduces it exactly, ``stratified`` (the default here) draws an equivalent one.
@@ -88,6 +97,8 @@ class TowerParams:
     resnet_weights: str = "pretrained/aid_28-rsp-resnet-50-ckpt.pth"  # AID RSP (key "model") or torchvision file
     finetune_resnet: bool = False  # upstream freezes the ResNet
     resnet_bn: str = "eval"  # frozen ResNet BatchNorm: eval (rsitr) | train (upstream: statistics drift)
+    bert_pad_grad: bool = False  # upstream: BERT word embedding without padding_idx, so the [PAD] row trains (on
+    # under upstream_compat)
     dropout: float = 0.2  # upstream dropout_r
     temp: float = 0.07  # initial InfoNCE temperature
     temp2: float = 0.07  # initial affiliation-loss temperature
@@ -143,6 +154,10 @@ class DualTowers(RetrievalModel):
         vocab = p.bert_vocab_size or ctx.vocab_size or BERT_BASE_VOCAB
         self.text_encoder = build_bert(cfg.pretrained, p.bert_path, vocab, p.bert_hidden, p.bert_layers,
                                        p.bert_heads, p.bert_intermediate, p.bert_max_positions)
+        if p.bert_pad_grad or cfg.upstream_compat:
+            # upstream's own BERT embedding has no padding_idx: the attended [PAD] row gets a gradient (the forward
+            # is the same; transformers' padding_idx only zeroes that row's gradient)
+            self.text_encoder.embeddings.word_embeddings.padding_idx = None
         rows = self.text_encoder.config.vocab_size
         if ctx.vocab_size > rows:
             raise ConfigError(f"the tokenizer has {ctx.vocab_size} ids but the BERT embedding has {rows} rows")

@@ -86,7 +86,7 @@ def split_scores(loaded: Any, split_name: str, device: torch.device) -> tuple[An
     split = getattr(bundle, split_name)
     if split is None:
         raise VisualizeError(f"the checkpoint's data config has no {split_name} split")
-    img_loader, txt_loader = eval_loaders(split, bundle, cfg.data)
+    img_loader, txt_loader = eval_loaders(split, bundle, cfg.data, cfg.eval.recipe)
     img, txt = encode_split(loaded.model, img_loader, txt_loader, device)
     return split, compute_similarity(loaded.model, img, txt, cfg.eval.sim_shard).cpu().numpy()
 

@@ -13,8 +13,12 @@ Weights (``model.pretrained: true``): one local file, in either of the two layou
   GeoRSCLIP (``RS5M_ViT-B-32.pt``) publish this layout. Read with ``torch.load(weights_only=True)``.
 
 Both layouts use the same key names (open_clip kept OpenAI's for ViT CLIPs). Activation: OpenAI's weights were
-trained with QuickGELU, so ``quick_gelu: true`` is needed for them; RemoteCLIP/GeoRSCLIP were trained and are
-evaluated with open_clip's plain ``ViT-B-32`` (GELU), so set ``quick_gelu: false`` for those.
+trained with QuickGELU, so ``quick_gelu: true`` is needed for them. RemoteCLIP's (RN50, ViT-B-32, ViT-L-14) and
+GeoRSCLIP's ViT-B-32 evaluation code builds open_clip's model with ``pretrained='openai'``, which is the QuickGELU
+OpenAI model, and loads their state dict into it, so ``quick_gelu: true`` (the default) is how their published
+numbers were computed (data/recipes.py). ``quick_gelu: false`` is open_clip's plain architecture, as
+``open_clip.create_model(arch)`` builds it without a pretrained tag (tests/models/test_clip_open_clip.py checks both
+against open_clip).
 No weight is ever downloaded: open_clip's pretrained tags are not accepted, only file paths.
 """
 from __future__ import annotations

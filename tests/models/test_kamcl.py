@@ -153,6 +153,29 @@ def test_momentum_update_arithmetic() -> None:
     assert bn_k.running_mean is not bn_q.running_mean  # buffers are the key encoder's own (not averaged)
 
 
+def test_momentum_zip_stops_at_the_shorter_encoder() -> None:
+    """Upstream zips the visual and text (query, key) parameter lists: only the first min(#visual, #text) key
+    parameters of each encoder move (momentum_zip / upstream_compat); rsitr's default moves all of them."""
+    for sets, zipped in (([], False), (["model.params.momentum_zip=true"], True), (["model.upstream_compat=true"], True)):
+        _, model = _build(["model.params.momentum=0.9"] + sets)
+        vis_k, txt_k = list(model.visual_k.parameters()), list(model.text_k.parameters())
+        n = min(len(vis_k), len(txt_k))
+        assert len(txt_k) == n < len(vis_k)  # ResNet-18 visual encoder: more parameters than the text one
+        with torch.no_grad():
+            for p in (*model.visual_q.parameters(), *model.text_q.parameters()):
+                p.fill_(1.0)
+            for p in (*vis_k, *txt_k):
+                p.fill_(3.0)
+        model.on_train_step_start()
+        moved = [torch.allclose(p, torch.full_like(p, 0.9 * 3 + 0.1 * 1)) for p in (*vis_k, *txt_k)]
+        kept = [bool((p == 3.0).all()) for p in (*vis_k, *txt_k)]
+        expect = [True] * len(vis_k) + [True] * len(txt_k)
+        if zipped:
+            expect = [i < n for i in range(len(vis_k))] + [True] * len(txt_k)
+        assert moved == expect, sets
+        assert kept == [not e for e in expect], sets
+
+
 def test_tag_targets_are_looked_up_by_filename(tags) -> None:
     _, model = _build(tags)
     y = model.tag_target(["river_2.png", "airport_1.png", "unknown.png", "/some/dir/river_2.png"])

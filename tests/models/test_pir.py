@@ -122,3 +122,19 @@ def test_cross_block_residual_is_the_key_value_input():
         # queries only steer the attention: with one key/value token the output ignores them
         one = kv[:, :1]
         torch.testing.assert_close(blk(q[:, :1], one), blk(torch.randn(2, 1, 8), one))
+
+
+def test_bert_pad_row_gets_a_gradient_only_as_upstream():
+    """Upstream's BERT embedding has no padding_idx: with the padding attended, the [PAD] row (id 0) gets a gradient.
+    rsitr keeps transformers' padding_idx (row 0 gradient exactly 0) unless bert_pad_grad / upstream_compat."""
+    batch = make_batch()
+    for sets, pad_grad in (((), False), (("model.upstream_compat=true",), True),
+                           (("model.params.bert_pad_grad=true", "model.params.text_mask=false"), True)):
+        cfg, model = build(*sets)
+        model.train()
+        build_criterion(cfg.loss)(model(batch), batch, 0)["loss"].backward()
+        emb = model.text_encoder.embeddings.word_embeddings
+        assert (emb.padding_idx is None) == pad_grad, sets
+        row0 = emb.weight.grad[0].abs().max().item()
+        assert (row0 > 0) == pad_grad, (sets, row0)
+        assert emb.weight.grad[batch["tokens"][0, 0]].abs().max() > 0  # a real word trains either way
