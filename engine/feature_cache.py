@@ -64,6 +64,7 @@ def feature_plan(model: nn.Module, cfg: Config) -> FeaturePlan:
     train = build_transform(cfg.data.transform, True, cfg.data.image_size)
     evalp = build_transform(cfg.data.transform, False, cfg.data.image_size)
     same = not train.random and train.key == evalp.key and torch.equal(train.norm, evalp.norm)
+    same = same and not cfg.eval.recipe  # a recipe evaluates through another pipeline than the cached one
     if "image" in prefixes and not same:
         log.info("feature cache: data.transform '%s' augments training images, so the locked image tower runs on "
                  "every batch (only deterministic pipelines such as 'inception' or 'clip' are cached)",
