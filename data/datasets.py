@@ -90,7 +90,13 @@ class CaptionTrainDataset(Dataset):
         word_deletion: FISVL's training-time word deletion probability.
         cap_weight: optional per-caption weights (default 1.0).
         cache: decode every image once, here, into a ``data.images.PixelCache`` (``data.cache``).
+
+    Attributes:
+        pinned: pixel caches kept alive with the dataset (``data.build.train_loader`` puts the run's val and test
+            caches here, so their entries stay in the pixel store between evaluations).
     """
+
+    pinned: list = []
 
     def __init__(self, split: PrecompSplit, tokenizer: Tokenizer, transform: Callable, scene_ids: Sequence[int],
                  seed: int = 0, word_deletion: float = 0.0, cap_weight: Sequence[float] | None = None,
