@@ -9,6 +9,7 @@ from PIL import Image
 import train
 from core.errors import DataError
 from data.images import check_images, clear_cache, load_image
+from tests.image_files import png_header_only, png_rgb16
 
 
 @pytest.fixture(autouse=True)
@@ -85,22 +86,10 @@ def test_all_nodata_image_is_a_one_line_error_and_constant_images_are_black(tmp_
     assert np.asarray(load_image(tmp_path / "flat2.tif")).max() == 0
 
 
-def _png_header_only(path, width, height):
-    """A PNG whose header declares width x height RGB pixels (no pixel data: only headers are read)."""
-    import struct
-    import zlib
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
-
-
 def test_images_over_the_pixel_limit_are_named_not_a_crash(tmp_path):
     """A full scene of 15000 x 12000 = 180 Mpx is over Pillow's limit (2 * 89478485 px): before, Pillow's
     DecompressionBombError (not an OSError) escaped the header check with a traceback."""
-    _png_header_only(tmp_path / "scene.png", 15000, 12000)
+    png_header_only(tmp_path / "scene.png", 15000, 12000)
     Image.new("RGB", (8, 8)).save(tmp_path / "tile.png")
     with pytest.raises(DataError) as err:
         check_images([tmp_path / "tile.png", tmp_path / "scene.png"], "split(s) train")
@@ -112,23 +101,8 @@ def test_images_over_the_pixel_limit_are_named_not_a_crash(tmp_path):
         load_image(tmp_path / "scene.png")
 
 
-def _png_rgb16(path, arr):
-    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
-    import struct
-    import zlib
-
-    h, w, _ = arr.shape
-    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
 def test_16bit_rgb_is_refused_not_darkened(tmp_path):
-    _png_rgb16(tmp_path / "rgb16.png", np.array([[[0, 1000, 4095], [2000, 3000, 100]]], np.uint16))
+    png_rgb16(tmp_path / "rgb16.png", np.array([[[0, 1000, 4095], [2000, 3000, 100]]], np.uint16))
     assert np.asarray(Image.open(tmp_path / "rgb16.png")).max() == 15  # what Pillow alone makes of 4095
     with pytest.raises(DataError, match="rgb16.png.*16 bits per sample"):
         load_image(tmp_path / "rgb16.png")
