@@ -116,7 +116,8 @@ def _nodata_value(img: Image.Image) -> float | None:
 
 
 def decode_rgb(img: Image.Image) -> Image.Image:
-    """An image just opened by ``Image.open`` (pixels not loaded yet) as 8-bit RGB, by the decoding rule.
+    """An image as 8-bit RGB, by the decoding rule (16-bit RGB is recognised only in an image just opened by
+    ``Image.open``, whose pixels are not loaded yet).
 
     Raises:
         PixelError: a 16-bit multi-band file, or a deep image without valid pixels.
@@ -161,7 +162,7 @@ def _open_rgb(path: str | os.PathLike | IO[bytes]) -> Image.Image:
 
 def _refuse_wide_multiband(img: Image.Image) -> None:
     """Pillow decodes 16-bit RGB(A) files to their top 8 bits (12-bit data turns almost black): refuse them."""
-    for tile in img.tile:
+    for tile in getattr(img, "tile", None) or []:  # in-memory images (Image.new, converted copies) have none
         args = tile[3] if len(tile) > 3 else None
         rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else "")
         if isinstance(rawmode, str) and ";16" in rawmode and img.mode not in _WIDE_MODES:
