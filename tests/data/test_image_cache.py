@@ -153,6 +153,7 @@ def test_evaluations_decode_only_what_the_cap_leaves_out(split, monkeypatch):
         calls.clear()
         images = ImageDataset(split, pipe, [0] * 4, cache=True)
         assert torch.equal(torch.stack([images[i]["image"] for i in range(4)]), want)
+        assert _held_bytes(images.images.cache) == 3 * ENTRY  # before: the dataset kept all 4 arrays
         per_eval.append(len(calls))
         del images
         gc.collect()
