@@ -338,13 +338,14 @@ def _fill(paths: Sequence[Path], prefix: Callable | None, key: str,
           threads: int) -> tuple[list[np.ndarray | None], list[tuple], list[tuple[Path, str]], int]:
     """(cached pixels of each path or None, keys pinned, (path, reason) of each failure, number decoded now)."""
     keys = [(*(_file_key(p) or (str(p), -1, -1)), key) for p in paths]
-    pixels: list[np.ndarray | None] = [None] * len(paths)
-    todo = []
-    for i, k in enumerate(keys):
-        pixels[i] = _STORE.take(k)
+    pixels: list[np.ndarray | None] = [_STORE.take(k) for k in keys]  # every hit pinned before room is judged
+
+    def no_room(k: tuple) -> bool:  # decoded fine before, and its size does not fit beside the pinned entries
         size = _STORE.sizes.get(k)
-        if pixels[i] is None and not (size is not None and not _STORE.has_room(size)):
-            todo.append(i)  # unknown, or known to fit: decode now (an image known not to fit is decoded when used)
+        return size is not None and not _STORE.has_room(size)
+
+    # unknown images are decoded now (which checks them); one known not to fit is decoded when used
+    todo = [i for i, (a, k) in enumerate(zip(pixels, keys)) if a is None and not no_room(k)]
     errors: list[tuple[Path, str]] = []
 
     def decode(i: int) -> None:
