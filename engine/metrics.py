@@ -21,21 +21,38 @@ Reading order: :func:`ranks_by_sort` is the definition above in code (a sort, fo
 :func:`metrics_from_ranks` turns ranks into the metric dict; :func:`retrieval_metrics` and
 :func:`retrieval_metrics_from_embeddings` are what the engine calls. They count the same ranks without sorting
 and without holding more than a few tiles (engine/metrics_stream.py explains how), so they scale to 50k x 250k.
+
+Two kinds of input, one result: numpy arrays are counted by engine/metrics_np.py, which needs numpy alone (so
+scripts/eval_sims.py never imports torch); torch tensors (CPU or CUDA) by engine/metrics_stream.py, imported when a
+tensor arrives. This module imports torch only inside the functions that build tensors; ``check_txt2img``,
+``ranks_from_embeddings``, ``DEFAULT_BLOCK`` and ``EMB_BLOCK`` are the torch module's and are loaded on first use.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from engine.metrics_stream import (DEFAULT_BLOCK, EMB_BLOCK, check_txt2img, ranks_from_embeddings,
-                                   ranks_from_matrix)
+from engine import metrics_np
+from engine.metrics_np import is_tensor, to_numpy
+
+if TYPE_CHECKING:  # annotations only: importing this module does not import torch
+    import torch
+    from torch import Tensor
 
 __all__ = ["retrieval_metrics", "retrieval_metrics_from_embeddings", "metrics_from_ranks", "ranks_by_sort",
            "ranks_from_matrix", "check_txt2img", "txt2img_from_counts", "txt2img_from_img2txt",
            "img2txt_from_txt2img", "DEFAULT_BLOCK", "EMB_BLOCK"]
+_FROM_STREAM = ("check_txt2img", "ranks_from_embeddings", "DEFAULT_BLOCK", "EMB_BLOCK")  # torch names, loaded lazily
+
+
+def __getattr__(name: str) -> Any:
+    """The torch path's names (``from engine.metrics import check_txt2img``) load engine.metrics_stream on use."""
+    if name in _FROM_STREAM:
+        from engine import metrics_stream
+
+        return getattr(metrics_stream, name)
+    raise AttributeError(f"module 'engine.metrics' has no attribute '{name}'")
 
 
 # ----------------------------------------------------------------------------------------------- ground-truth maps
@@ -45,12 +62,11 @@ def txt2img_from_counts(counts: Sequence[int]) -> Tensor:
     Args:
         counts: captions per image, length N_img (0 allowed).
     Returns:
-        LongTensor [sum(counts)] with the image index of each caption.
+        LongTensor [sum(counts)] with the image index of each caption (engine.metrics_np has the numpy twin).
     """
-    c = torch.as_tensor(list(counts), dtype=torch.long)
-    if (c < 0).any():
-        raise ValueError("caption counts must be >= 0")
-    return torch.repeat_interleave(torch.arange(len(c)), c)
+    import torch
+
+    return torch.from_numpy(metrics_np.txt2img_from_counts(counts))
 
 
 def txt2img_from_img2txt(img2txt: Sequence[Sequence[int]], n_captions: int | None = None) -> Tensor:
@@ -60,28 +76,18 @@ def txt2img_from_img2txt(img2txt: Sequence[Sequence[int]], n_captions: int | Non
         img2txt: entry i lists the caption indices of image i.
         n_captions: expected number of captions (default: the number of listed indices).
     Returns:
-        LongTensor [n_captions].
+        LongTensor [n_captions] (engine.metrics_np has the numpy twin).
     Raises:
         ValueError: on a caption listed twice, an out-of-range index, or a caption that no image lists.
     """
-    flat = [(int(c), i) for i, caps in enumerate(img2txt) for c in caps]
-    n = len(flat) if n_captions is None else int(n_captions)
-    out = torch.full((n,), -1, dtype=torch.long)
-    for c, i in flat:
-        if not 0 <= c < n:
-            raise ValueError(f"caption index {c} of image {i} is outside 0..{n - 1}")
-        if out[c] >= 0:
-            raise ValueError(f"caption {c} is listed for image {int(out[c])} and image {i}")
-        out[c] = i
-    missing = (out < 0).nonzero().flatten()
-    if len(missing):
-        raise ValueError(f"{len(missing)} caption(s) belong to no image (first: {missing[:5].tolist()})")
-    return out
+    import torch
+
+    return torch.from_numpy(metrics_np.txt2img_from_img2txt(img2txt, n_captions))
 
 
-def img2txt_from_txt2img(txt2img: Tensor, n_images: int | None = None) -> list[list[int]]:
+def img2txt_from_txt2img(txt2img: Any, n_images: int | None = None) -> list[list[int]]:
     """The image -> captions lists of a caption -> image map (captions in increasing index order)."""
-    t = torch.as_tensor(txt2img).long().cpu()
+    t = to_numpy(txt2img).astype(np.int64).reshape(-1)
     n = int(t.max()) + 1 if n_images is None and len(t) else int(n_images or 0)
     out: list[list[int]] = [[] for _ in range(n)]
     for j, i in enumerate(t.tolist()):
@@ -90,17 +96,23 @@ def img2txt_from_txt2img(txt2img: Tensor, n_images: int | None = None) -> list[l
 
 
 # ------------------------------------------------------------------------------------------ the definition, in code
-def ranks_by_sort(sim: Tensor, txt2img: Tensor) -> tuple[Tensor, Tensor]:
+def ranks_by_sort(sim: Any, txt2img: Any) -> tuple[Any, Any]:
     """0-based i2t and t2i ranks by sorting every line (the plain definition; O(N_img x N_cap) memory).
 
     A stable descending sort of each line read back to front places equal scores higher-index first (the tie rule).
 
     Args:
-        sim: [N_img, N_cap] scores.
-        txt2img: LongTensor [N_cap], image index of each caption.
+        sim: [N_img, N_cap] scores (numpy array: engine.metrics_np.ranks_by_sort; tensor: torch, on its device).
+        txt2img: [N_cap], image index of each caption.
     Returns:
-        (i2t ranks [N_img with >= 1 caption], t2i ranks [N_cap]), LongTensors, as :func:`ranks_from_matrix`.
+        (i2t ranks [N_img with >= 1 caption], t2i ranks [N_cap]), int64, of sim's kind, as :func:`ranks_from_matrix`.
     """
+    if not is_tensor(sim):
+        return metrics_np.ranks_by_sort(sim, txt2img)
+    import torch
+
+    from engine.metrics_stream import check_txt2img
+
     n_img, n_cap = sim.shape
     t = check_txt2img(txt2img, n_img, n_cap, sim.device)
     cap = torch.arange(n_cap, device=sim.device)
@@ -118,6 +130,27 @@ def ranks_by_sort(sim: Tensor, txt2img: Tensor) -> tuple[Tensor, Tensor]:
     return best[has_cap], t2i
 
 
+def ranks_from_matrix(sim: Any, txt2img: Any, *, block: int | tuple[int, int] | None = None,
+                      i2t: bool = True, t2i: bool = True) -> tuple[Any, Any]:
+    """0-based i2t and t2i ranks of a similarity matrix (tie rule in the module docstring).
+
+    Args:
+        sim: [N_img, N_cap] scores, free of NaN/inf: a numpy array (engine.metrics_np, int64 arrays back) or a
+            float tensor on any device (engine.metrics_stream, LongTensors on sim's device back).
+        txt2img: [N_cap] image index of each caption.
+        block: tile size (rows, cols), or an int r meaning (r, 2r); default: each path's own.
+        i2t, t2i: which directions to count (the other comes back empty).
+    Returns:
+        (i2t ranks [N_img with >= 1 caption], t2i ranks [N_cap]).
+    """
+    if not is_tensor(sim):
+        return metrics_np.ranks_from_matrix(sim, txt2img, block=block, i2t=i2t, t2i=t2i)
+    from engine import metrics_stream
+
+    return metrics_stream.ranks_from_matrix(sim, txt2img, block=metrics_stream.DEFAULT_BLOCK if block is None else block, i2t=i2t,
+                                            t2i=t2i)
+
+
 # ------------------------------------------------------------------------------------------------- ranks -> metrics
 def _direction(name: str, ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
     out = {f"{name}_R{k}": 100.0 * int((ranks < k).sum()) / len(ranks) if len(ranks) else 0.0 for k in ks}
@@ -126,10 +159,11 @@ def _direction(name: str, ranks: np.ndarray, ks: Iterable[int]) -> dict[str, flo
     return out
 
 
-def metrics_from_ranks(i2t_ranks: Tensor, t2i_ranks: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """The metric dict from 0-based ranks: ``{i2t,t2i}_R{k}``, ``mR``, ``rsum``, ``{i2t,t2i}_{medR,meanR}``."""
-    ri = torch.as_tensor(i2t_ranks).cpu().numpy().astype(np.float64)
-    rt = torch.as_tensor(t2i_ranks).cpu().numpy().astype(np.float64)
+def metrics_from_ranks(i2t_ranks: Any, t2i_ranks: Any, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """The metric dict from 0-based ranks (arrays, tensors or lists): ``{i2t,t2i}_R{k}``, ``mR``, ``rsum``,
+    ``{i2t,t2i}_{medR,meanR}``."""
+    ri = to_numpy(i2t_ranks).astype(np.float64)
+    rt = to_numpy(t2i_ranks).astype(np.float64)
     di, dt = _direction("i2t", ri, ks), _direction("t2i", rt, ks)
     out = {f"{d}_R{k}": src[f"{d}_R{k}"] for d, src in (("i2t", di), ("t2i", dt)) for k in ks}
     rsum = 0.0
@@ -143,15 +177,16 @@ def metrics_from_ranks(i2t_ranks: Tensor, t2i_ranks: Tensor, ks: Sequence[int] =
     return out
 
 
-def retrieval_metrics(sim: Tensor, txt2img: Tensor, *, ks: Sequence[int] = (1, 5, 10),
-                      block: int | tuple[int, int] = DEFAULT_BLOCK, sim_t2i: Tensor | None = None) -> dict[str, float]:
+def retrieval_metrics(sim: Any, txt2img: Any, *, ks: Sequence[int] = (1, 5, 10),
+                      block: int | tuple[int, int] | None = None, sim_t2i: Any = None) -> dict[str, float]:
     """R@K / medR / meanR in both directions, plus mR and rsum (METHODS.md A5).
 
     Args:
-        sim: [N_img, N_cap] similarity matrix (float32/float64, CPU or CUDA, finite).
-        txt2img: LongTensor [N_cap], image index of each caption (any number of captions per image).
+        sim: [N_img, N_cap] similarity matrix, finite: a numpy array (counted with numpy alone) or a float32/float64
+            tensor, CPU or CUDA; the same matrix gives the same numbers either way.
+        txt2img: [N_cap] image index of each caption (any number of captions per image).
         ks: recall cut-offs.
-        block: tile size for the streaming count (memory: one 0/1 mask of that size in sim's dtype).
+        block: tile size of the count (default: each path's own; memory: one mask of that size).
         sim_t2i: optional second [N_img, N_cap] matrix for the t2i direction (a rerank gives two matrices).
     Returns:
         Python floats: ``i2t_R{k}``, ``t2i_R{k}`` (percent), ``mR``, ``rsum``, ``i2t_medR``, ``t2i_medR``,
@@ -169,7 +204,7 @@ def retrieval_metrics(sim: Tensor, txt2img: Tensor, *, ks: Sequence[int] = (1, 5
 
 def retrieval_metrics_from_embeddings(img_emb: Tensor, txt_emb: Tensor, txt2img: Tensor, *,
                                       score_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-                                      ks: Sequence[int] = (1, 5, 10), block: int | tuple[int, int] = EMB_BLOCK,
+                                      ks: Sequence[int] = (1, 5, 10), block: int | tuple[int, int] | None = None,
                                       device: str | torch.device | None = None) -> dict[str, float]:
     """Metrics of ``S = score_fn(img_emb, txt_emb)`` without holding S (large-scale evaluation).
 
@@ -179,11 +214,15 @@ def retrieval_metrics_from_embeddings(img_emb: Tensor, txt_emb: Tensor, txt2img:
         txt2img: LongTensor [N_cap].
         score_fn: ``(img_block [r, D], txt_block [c, D]) -> [r, c]``; default ``img_block @ txt_block.T``.
         ks: recall cut-offs.
-        block: tile size (rows, cols).
+        block: tile size (rows, cols); default ``EMB_BLOCK``.
         device: where to compute (default: img_emb's device).
     Returns:
         The dict of :func:`retrieval_metrics` (ranks from :func:`engine.metrics_stream.ranks_from_embeddings`,
         whose docstring gives the one last-bit caveat).
     """
-    ri, rt = ranks_from_embeddings(img_emb, txt_emb, txt2img, score_fn=score_fn, block=block, device=device)
+    from engine import metrics_stream
+
+    ri, rt = metrics_stream.ranks_from_embeddings(img_emb, txt_emb, txt2img, score_fn=score_fn,
+                                                  block=metrics_stream.EMB_BLOCK if block is None else block,
+                                                  device=device)
     return metrics_from_ranks(ri, rt, ks)

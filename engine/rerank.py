@@ -29,9 +29,14 @@ Deliberate differences from upstream:
   ``rowmax + (K - r) * max(1, |rowmax|)`` (above every other score, best first), every other item keeps its original
   score, so it keeps its original place and tie order. As upstream, this variant does not raise K to 10.
 
-Exact reverse ranks without sorting the whole matrix: each line's top-``pool`` list (torch.topk) answers the rank of
-any score above its last entry by a binary search; the rare remaining pairs (a score below the list or a tie) are
-counted exactly against their full line.
+Exact reverse ranks without sorting the whole matrix: each line's top-``pool`` list (numpy argpartition), put in
+tie-rule order, gives the reverse rank of a pair as its position in the column's list, found by a binary search on
+(column, row) keys; the rare remaining pairs (a score below the list's last entry, or tied with it) are counted
+exactly against their full column.
+
+numpy only: the rerankers take and return numpy arrays or torch tensors (a tensor is worked on as a numpy array on
+the CPU and given back as a float64 tensor on its own device), and this module never imports torch, so
+scripts/eval_sims.py runs without it. Results are the same for both kinds of input (tested).
 """
 from __future__ import annotations
 
@@ -39,194 +44,235 @@ import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from core.config import parse_params
 from core.errors import ConfigError, ConfigKeyError
 from engine.metrics import retrieval_metrics
+from engine.metrics_np import like, map_row_blocks, to_numpy
 
 __all__ = ["galr_rerank", "galr_rerank_unweighted", "no_rerank", "RERANKERS", "apply_rerank", "tune_rerank",
            "RERANK_PARAMS", "rerank_settings"]
 log = logging.getLogger(__name__)
 DECAY = 0.05  # hard-coded rate of the position priors p2, p3 (upstream)
 POOL = 256  # length of the per-line top lists used for exact reverse ranks (covers typical ranks; rest are exact)
+Array = Any  # a numpy array or a torch tensor (this module does not import torch)
 
 
 # ------------------------------------------------------------------------------------------------------- ranks
-def _best_first(x: Tensor, vals: Tensor, idx: Tensor, k: int) -> Tensor:
-    """First k indices of each row of x best-first (tie rule), from its sorted top list (vals, idx) [n, >= k]."""
-    kk = min(k + 1, vals.shape[1])
-    # Any equal neighbour among the first k+1 values means topk's order (or set) may break the tie rule there.
-    bad = (vals[:, 1:kk] == vals[:, : kk - 1]).any(1)
-    out = idx[:, :k].clone()
-    if bad.any():
-        rows = x[bad].flip(1)  # stable descending sort of the reversed row = equal scores, higher index first
-        out[bad] = x.shape[1] - 1 - torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :k]
+class _Top(NamedTuple):
+    """The ``p`` best items of every line of a matrix [n, m]."""
+
+    vals: np.ndarray  # [n, p] scores, best first (tie rule: equal scores, higher index first)
+    idx: np.ndarray  # [n, p] their item indices, same order
+    keys: np.ndarray  # [n * p] line * m + item index, ascending (binary search of a (line, item) pair)
+    pos: np.ndarray  # [n * p] best-first position of the item of each key
+    full: bool  # p == m: the list is the whole line
+
+
+def _top_block(x: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(vals, idx, by_idx, pos) of :class:`_Top` for the rows of x: by_idx lists the top items by index."""
+    n, m = x.shape
+    part = np.argpartition(x, m - p, axis=1)[:, m - p:] if p < m else np.broadcast_to(np.arange(m), (n, m))
+    by_idx = np.sort(part, axis=1)
+    v = np.take_along_axis(x, by_idx, 1)
+    # A stable descending sort of the index-ascending list read back to front: equal scores, higher index first.
+    best = p - 1 - np.argsort(-v[:, ::-1], axis=1, kind="stable")
+    pos = np.empty_like(best)
+    np.put_along_axis(pos, best, np.broadcast_to(np.arange(p), best.shape), axis=1)
+    return np.take_along_axis(v, best, 1), np.take_along_axis(by_idx, best, 1), by_idx, pos
+
+
+def _top(x: np.ndarray, p: int) -> _Top:
+    """Top-``p`` list of each row of x in tie-rule order (exact within the list; see _best_first for its edge).
+
+    Row blocks run on all CPU cores (numpy's partition and sort release the GIL).
+    """
+    n, m = x.shape
+    vals, idx, by_idx, pos = (np.concatenate(a) for a in zip(*map_row_blocks(lambda a, b: _top_block(x[a:b], p), n)))
+    keys = (np.arange(n, dtype=np.int64)[:, None] * m + by_idx).ravel()
+    return _Top(vals, idx, keys, pos.ravel(), p == m)
+
+
+def _best_first(x: np.ndarray, top: _Top, k: int) -> np.ndarray:
+    """First k indices of each row of x best-first (tie rule), from its top list (whose length is > k)."""
+    out = top.idx[:, :k].copy()
+    if not top.full:
+        # A tie group reaching the list's end may continue outside it: those rows are sorted whole.
+        bad = np.flatnonzero(top.vals[:, k - 1] == top.vals[:, -1])
+        if len(bad):
+            rows = x[bad, ::-1]
+            out[bad] = x.shape[1] - 1 - np.argsort(-rows, axis=1, kind="stable")[:, :k]
     return out
 
 
-def _col_ranks(x: Tensor, q: Tensor, c: Tensor, top: tuple[Tensor, Tensor]) -> Tensor:
+def _rev_ranks(x: np.ndarray, xt: np.ndarray, q: np.ndarray, c: np.ndarray, top: _Top) -> np.ndarray:
     """0-based position of x[q_p, c_p] in column c_p of x sorted best-first (tie rule), for every pair p.
 
     Args:
-        x: [n_q, n_c]; q, c: LongTensors [P]; top: (vals, idx) [pool, n_c], x's column-wise top list, best first.
+        x: [n_q, n_c]; xt: x transposed, contiguous; q, c: int arrays [P]; top: the top list of xt's rows.
     """
-    vals, _ = top
-    pool, n_q = vals.shape[0], x.shape[0]
+    n_q = x.shape[0]
+    key = c * n_q + q
+    j = np.minimum(np.searchsorted(top.keys, key), len(top.keys) - 1)
     v = x[q, c]
-    # Group the pairs by column so that one batched binary search serves all of them.
-    cnt = torch.bincount(c, minlength=x.shape[1])
-    order = torch.argsort(c, stable=True)
-    cs = c[order]
-    slot = torch.arange(len(c), device=x.device) - (torch.cumsum(cnt, 0) - cnt)[cs]
-    grid = torch.full((x.shape[1], int(cnt.max()) if len(c) else 0), float("inf"), dtype=x.dtype, device=x.device)
-    grid[cs, slot] = v[order]
-    asc = vals.t().flip(1).contiguous()
-    right = torch.searchsorted(asc, grid, right=True)[cs, slot]
-    left = torch.searchsorted(asc, grid, right=False)[cs, slot]
-    rank = torch.empty_like(c)
-    rank[order] = pool - right
-    n_eq = torch.empty_like(c)
-    n_eq[order] = right - left
-    exact = (n_eq == 1) & ((v > vals[-1, c]) | (pool == n_q))
-    slow = (~exact).nonzero().flatten()
-    rowid = torch.arange(n_q, device=x.device)[:, None]
+    # In the column's list and strictly above its last entry (or the list is the whole column): its position.
+    exact = (top.keys[j] == key) & ((v > top.vals[c, -1]) | top.full)
+    rank = np.where(exact, top.pos[j], 0)
+    slow = np.flatnonzero(~exact)
+    rowid = np.arange(n_q)[None, :]
     for s in range(0, len(slow), 4096):  # exact count against the full column, a few thousand pairs at a time
         p = slow[s:s + 4096]
-        col, vp = x[:, c[p]], v[p][None, :]
-        rank[p] = ((col > vp) | ((col == vp) & (rowid > q[p][None, :]))).sum(0)
+        col, vp = xt[c[p]], v[p][:, None]
+        rank[p] = np.count_nonzero((col > vp) | ((col == vp) & (rowid > q[p][:, None])), axis=1)
     return rank
 
 
-def _components(x: Tensor, fwd_top: tuple[Tensor, Tensor], rev_top: tuple[Tensor, Tensor], k: int
-                ) -> tuple[Tensor, Tensor]:
+def _components(x: np.ndarray, xt: np.ndarray, fwd_top: _Top, rev_top: _Top, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Forward candidates [n_q, k] (best first) and their new positions r [n_q, k] after the reverse re-order."""
     n_q = x.shape[0]
-    fwd = _best_first(x, *fwd_top, k)
-    q = torch.arange(n_q, device=x.device).repeat_interleave(fwd.shape[1])
-    a = _col_ranks(x, q, fwd.flatten(), rev_top).view(n_q, -1)
-    order = torch.sort(a, dim=1, stable=True).indices  # stable: equal a keep their forward order j
-    r = torch.empty_like(order)
-    r.scatter_(1, order, torch.arange(order.shape[1], device=x.device).expand_as(order).contiguous())
+    fwd = _best_first(x, fwd_top, k)
+    q = np.repeat(np.arange(n_q), fwd.shape[1])
+    a = _rev_ranks(x, xt, q, fwd.ravel(), rev_top).reshape(n_q, -1)
+    order = np.argsort(a, axis=1, kind="stable")  # stable: equal a keep their forward order j
+    r = np.empty_like(order)
+    np.put_along_axis(r, order, np.broadcast_to(np.arange(order.shape[1]), order.shape), axis=1)
     return fwd, r
 
 
-def _tops(sim: Tensor, k: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """Row-wise top list [N_img, pool] and column-wise top list [pool, N_cap] of sim (each best first)."""
-    n_img, n_cap = sim.shape
-    rows = torch.topk(sim, min(n_cap, max(POOL, k + 1)), dim=1)
-    cols = torch.topk(sim.t().contiguous(), min(n_img, max(POOL, k + 1)), dim=1)
-    return (rows.values, rows.indices), (cols.values.t(), cols.indices.t())
-
-
-def _p1(x: Tensor, fwd: Tensor, guard: bool) -> Tensor:
-    x64 = x.double()
-    den = x64.abs().sum(0) if guard else x64.sum(0)
-    num = torch.gather(x64, 1, fwd)
+def _p1(x: np.ndarray, fwd: np.ndarray, guard: bool) -> np.ndarray:
+    den = np.abs(x).sum(0, dtype=np.float64) if guard else x.sum(0, dtype=np.float64)
+    num = np.take_along_axis(x, fwd, 1).astype(np.float64)
+    d = den[fwd]
     if guard:
-        d = den[fwd]
-        return torch.where(d > 0, num / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(num))
-    return num / den[fwd]
+        return np.where(d > 0, num / np.where(d > 0, d, 1.0), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero column sum gives inf/nan, as upstream
+        return num / d
 
 
-def _weighted(x: Tensor, fwd: Tensor, r: Tensor, p1: Tensor, wp1: float, wp2: float) -> Tensor:
+def _weighted(x: np.ndarray, fwd: np.ndarray, r: np.ndarray, p1: np.ndarray, wp1: float, wp2: float) -> np.ndarray:
     k = fwd.shape[1]
-    p2 = torch.exp(-DECAY * torch.arange(1, k + 1, dtype=torch.float64, device=x.device))
-    p3 = torch.exp(-DECAY * (r + 1).double())
-    out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-    return out.scatter_(1, fwd, wp1 * p1 + p2[None, :] + wp2 * p3)
+    p2 = np.exp(-DECAY * np.arange(1, k + 1, dtype=np.float64))
+    p3 = np.exp(-DECAY * (r + 1).astype(np.float64))
+    out = np.zeros(x.shape, dtype=np.float64)
+    np.put_along_axis(out, fwd, wp1 * p1 + p2[None, :] + wp2 * p3, axis=1)
+    return out
 
 
-def _both(sim: Tensor, k: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """(fwd, r) for the i2t procedure on S and on Sᵀ; the two top lists are shared by both directions."""
-    if sim.ndim != 2:
-        raise ValueError(f"sim must be 2-D, got shape {tuple(sim.shape)}")
-    row_top, col_top = _tops(sim, k)
-    flip = lambda t: (t[0].t(), t[1].t())  # noqa: E731  (a top list of S along one axis is one of Sᵀ along the other)
-    return _components(sim, row_top, col_top, k), _components(sim.t(), flip(col_top), flip(row_top), k)
+class _Both(NamedTuple):
+    """The i2t procedure's (fwd, r) on S and on Sᵀ, with S and a contiguous Sᵀ."""
+
+    s: np.ndarray
+    st: np.ndarray
+    i2t: tuple[np.ndarray, np.ndarray]
+    t2i: tuple[np.ndarray, np.ndarray]
+
+
+def _both(sim: Array, k: int) -> _Both:
+    """(fwd, r) for both directions; the two top lists (rows and columns of S) serve both."""
+    s = to_numpy(sim)
+    if s.ndim != 2:
+        raise ValueError(f"sim must be 2-D, got shape {tuple(s.shape)}")
+    st = np.ascontiguousarray(s.T)
+    n_img, n_cap = s.shape
+    k_i2t, k_t2i = min(k, n_cap), min(k, n_img)
+    rows = _top(s, min(n_cap, max(POOL, k_i2t + 1)))
+    cols = _top(st, min(n_img, max(POOL, k_t2i + 1)))
+    return _Both(s, st, _components(s, st, rows, cols, k_i2t), _components(st, s, cols, rows, k_t2i))
 
 
 # ---------------------------------------------------------------------------------------------------- rerankers
-def galr_rerank(sim: Tensor, k: int = 30, wp1: float = 0.3, wp2: float = 1.1, guard: bool = False
-                ) -> tuple[Tensor, Tensor]:
+def _weighted_pair(b: _Both, p1s: tuple[np.ndarray, np.ndarray], wp1: float, wp2: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    (f1, r1), (f2, r2) = b.i2t, b.t2i
+    return _weighted(b.s, f1, r1, p1s[0], wp1, wp2), _weighted(b.st, f2, r2, p1s[1], wp1, wp2).T
+
+
+def _p1_pair(b: _Both, guard: bool) -> tuple[np.ndarray, np.ndarray]:
+    return _p1(b.s, b.i2t[0], guard), _p1(b.st, b.t2i[0], guard)
+
+
+def galr_rerank(sim: Array, k: int = 30, wp1: float = 0.3, wp2: float = 1.1, guard: bool = False
+                ) -> tuple[Array, Array]:
     """GaLR weighted multivariate rerank (METHODS.md B), both directions.
 
     Args:
-        sim: [N_img, N_cap] similarity matrix (float32/float64, CPU or CUDA).
+        sim: [N_img, N_cap] similarity matrix: numpy array, or torch tensor (CPU or CUDA).
         k: candidates per query (raised to 10 as upstream, capped at the number of candidates).
         wp1, wp2: weights of the saliency term p1 and the reverse-rank term p3.
         guard: use sum |S| as p1's denominator (see the module docstring).
     Returns:
-        (i2t [N_img, N_cap], t2i [N_img, N_cap]) float64 score matrices; 0 outside each query's K candidates.
+        (i2t [N_img, N_cap], t2i [N_img, N_cap]) float64 score matrices, of sim's kind (and device);
+        0 outside each query's K candidates.
     """
-    k = max(10, int(k))
-    (f1, r1), (f2, r2) = _both(sim, k)
-    i2t = _weighted(sim, f1, r1, _p1(sim, f1, guard), wp1, wp2)
-    t2i = _weighted(sim.t(), f2, r2, _p1(sim.t(), f2, guard), wp1, wp2).t()
-    return i2t, t2i
+    b = _both(sim, max(10, int(k)))
+    i2t, t2i = _weighted_pair(b, _p1_pair(b, guard), wp1, wp2)
+    return like(i2t, sim), like(t2i, sim)
 
 
-def _permuted(x: Tensor, fwd: Tensor, r: Tensor) -> Tensor:
-    top = x.double().max(1, keepdim=True).values
-    step = top.abs().clamp_min(1.0)  # keeps (K - r) * step representable next to rowmax
-    return x.double().clone().scatter_(1, fwd, top + step * (fwd.shape[1] - r).double())
+def _permuted(x: np.ndarray, fwd: np.ndarray, r: np.ndarray) -> np.ndarray:
+    out = x.astype(np.float64)  # a copy
+    top = out.max(1, keepdims=True)
+    step = np.maximum(np.abs(top), 1.0)  # keeps (K - r) * step representable next to rowmax
+    np.put_along_axis(out, fwd, top + step * (fwd.shape[1] - r).astype(np.float64), axis=1)
+    return out
 
 
-def galr_rerank_unweighted(sim: Tensor, k: int = 30) -> tuple[Tensor, Tensor]:
+def galr_rerank_unweighted(sim: Array, k: int = 30) -> tuple[Array, Array]:
     """GaLR "rerank without weights": each query's top-K re-ordered by ascending reverse rank, as scores.
 
     Args:
-        sim: [N_img, N_cap] similarity matrix.
+        sim: [N_img, N_cap] similarity matrix (numpy array or torch tensor).
         k: candidates per query (not raised to 10, as upstream; capped at the number of candidates).
     Returns:
-        (i2t, t2i) float64 [N_img, N_cap] matrices whose best-first orders are the permuted lists.
+        (i2t, t2i) float64 [N_img, N_cap] matrices (of sim's kind) whose best-first orders are the permuted lists.
     """
-    (f1, r1), (f2, r2) = _both(sim, max(1, int(k)))
-    return _permuted(sim, f1, r1), _permuted(sim.t(), f2, r2).t()
+    b = _both(sim, max(1, int(k)))
+    i2t, t2i = _permuted(b.s, *b.i2t), _permuted(b.st, *b.t2i).T
+    return like(i2t, sim), like(t2i, sim)
 
 
-def no_rerank(sim: Tensor, **_: object) -> tuple[Tensor, Tensor]:
+def no_rerank(sim: Array, **_: object) -> tuple[Array, Array]:
     """Identity: the same matrix for both directions."""
     return sim, sim
 
 
-RERANKERS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+RERANKERS: dict[str, Callable[..., tuple[Array, Array]]] = {
     "none": no_rerank, "galr": galr_rerank, "galr_unweighted": galr_rerank_unweighted}
 
 
-def apply_rerank(name: str, sim: Tensor, **kw: object) -> tuple[Tensor, Tensor]:
+def apply_rerank(name: str, sim: Array, **kw: object) -> tuple[Array, Array]:
     """Run the reranker ``name`` (a key of RERANKERS) on sim; returns (i2t, t2i) matrices."""
     if name not in RERANKERS:
         raise ConfigKeyError(f"unknown rerank '{name}' (eval.rerank); known: {', '.join(sorted(RERANKERS))}")
     return RERANKERS[name](sim, **kw)
 
 
-def tune_rerank(sim: Tensor, txt2img: Tensor, ks: Sequence[int] = (10, 20, 30, 40),
+def tune_rerank(sim: Array, txt2img: Array, ks: Sequence[int] = (10, 20, 30, 40),
                 wp1s: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 1.0),
                 wp2s: Sequence[float] = (0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5), guard: bool = False
                 ) -> tuple[dict[str, float], float, list[dict[str, float]]]:
     """Grid search of (k, wp1, wp2) for :func:`galr_rerank` by mR, meant for a validation matrix.
 
     Args:
-        sim: [N_img, N_cap] similarity matrix; txt2img: LongTensor [N_cap].
+        sim: [N_img, N_cap] similarity matrix; txt2img: [N_cap] image index of each caption (arrays or tensors).
         ks, wp1s, wp2s: the grid. guard: passed to p1.
     Returns:
         (best ``{"k", "wp1", "wp2"}``, its mR, table of ``{"k", "wp1", "wp2", "mR"}`` rows in grid order).
         Equal mR: the first in grid order wins.
     """
+    t = to_numpy(txt2img)
     table: list[dict[str, float]] = []
     best: tuple[dict[str, float], float] = ({}, float("-inf"))
     for k in ks:
-        kk = max(10, int(k))
-        (f1, r1), (f2, r2) = _both(sim, kk)  # ranks depend on k only: computed once per k
-        p1a, p1b = _p1(sim, f1, guard), _p1(sim.t(), f2, guard)
+        b = _both(sim, max(10, int(k)))  # ranks depend on k only: computed once per k
+        p1s = _p1_pair(b, guard)
         for wp1, wp2 in itertools.product(wp1s, wp2s):
-            i2t = _weighted(sim, f1, r1, p1a, wp1, wp2)
-            t2i = _weighted(sim.t(), f2, r2, p1b, wp1, wp2).t()
-            mr = retrieval_metrics(i2t, txt2img, sim_t2i=t2i)["mR"]
+            i2t, t2i = _weighted_pair(b, p1s, wp1, wp2)
+            mr = retrieval_metrics(i2t, t, sim_t2i=t2i)["mR"]
             table.append({"k": int(k), "wp1": float(wp1), "wp2": float(wp2), "mR": mr})
             if mr > best[1]:
                 best = ({"k": int(k), "wp1": float(wp1), "wp2": float(wp2)}, mr)
@@ -261,7 +307,7 @@ RERANK_PARAMS: dict[str, type] = {"none": NoParams, "galr": GalrParams, "galr_un
 TUNERS: dict[str, Callable[..., tuple[dict, float, list]]] = {"galr": tune_rerank}
 
 
-def rerank_settings(name: str, params: dict, val: tuple[Tensor, Sequence[int]] | None = None,
+def rerank_settings(name: str, params: dict, val: tuple[Array, Sequence[int]] | None = None,
                     source: str = "config") -> dict:
     """Keyword arguments for reranker ``name``: ``params`` checked by its settings class, or tuned on validation.
 
@@ -283,7 +329,7 @@ def rerank_settings(name: str, params: dict, val: tuple[Tensor, Sequence[int]] |
     kw = dataclasses.asdict(parse_params(RERANK_PARAMS[name], {k: v for k, v in params.items() if k in mine},
                                          "eval.rerank_params", source))
     if val is not None and name in TUNERS:
-        best, best_mr, _ = TUNERS[name](val[0], torch.as_tensor(val[1]))
+        best, best_mr, _ = TUNERS[name](val[0], np.asarray(val[1]))
         log.info("rerank tuned on validation: %s (val mR %.2f)", best, best_mr)
         kw = dict(best)
     return kw

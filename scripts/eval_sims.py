@@ -13,8 +13,8 @@ t2i_medR i2t_meanR t2i_meanR``); ``--save-reranked`` writes the two reranked mat
 it does not change the evaluation below it (tune on a validation matrix, then pass the values for the test one).
 Bad input (missing or unreadable file, wrong shape, a map that does not cover the columns, NaN/inf) prints one
 line naming the file and exits with code 2 before anything is written; the folders of ``--json`` and
-``--save-reranked`` are created (or refused) before the matrix is read. torch is imported only once the matrix
-has been read, so ``--help``, a bad path and an unreadable file answer at once.
+``--save-reranked`` are created (or refused) before the matrix is read. The metrics and the rerank run on numpy
+alone (engine/metrics_np.py, engine/rerank.py): this script never imports torch, so it starts as fast as numpy does.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-# torch and the engine are imported inside the functions that use them, so --help and bad input answer at once
+# the engine is imported inside the functions that use it, so --help and bad input answer at once
 RERANK_NAMES = ("galr", "galr_unweighted", "none")  # the keys of engine.rerank.RERANKERS (a test checks)
 KEYS = ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "mR", "rsum",
         "i2t_medR", "t2i_medR", "i2t_meanR", "t2i_meanR"]
@@ -70,9 +70,9 @@ def load_sims(path: str) -> np.ndarray:
     return arr
 
 
-def build_txt2img(args: argparse.Namespace, n_img: int, n_cap: int) -> "torch.Tensor":  # noqa: F821
+def build_txt2img(args: argparse.Namespace, n_img: int, n_cap: int) -> np.ndarray:
     """Caption -> image map from --img2txt, else from --captions-per-image; raises InputError naming the file."""
-    from engine.metrics import txt2img_from_counts, txt2img_from_img2txt
+    from engine.metrics_np import txt2img_from_counts, txt2img_from_img2txt
 
     if args.img2txt:
         path = args.img2txt
@@ -139,17 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path, flag in ((args.json, "--json"), (args.save_reranked, "--save-reranked")):
             check_output(path, flag)
-        sim_np = load_sims(args.sims)
-        txt2img = build_txt2img(args, *sim_np.shape)
+        sim = load_sims(args.sims)
+        txt2img = build_txt2img(args, *sim.shape)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import torch
-
     from engine.metrics import retrieval_metrics
     from engine.rerank import apply_rerank, tune_rerank
 
-    sim = torch.from_numpy(sim_np)
     if args.tune:
         best, best_mr, table = tune_rerank(sim, txt2img)
         print(f"tune: best galr setting on {args.sims}: k={best['k']} wp1={best['wp1']} wp2={best['wp2']} "
@@ -167,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump({k: metrics[k] for k in KEYS}, f, indent=2)
         if args.save_reranked:
-            np.savez(args.save_reranked, i2t=i2t.numpy(), t2i=t2i.numpy())
+            np.savez(args.save_reranked, i2t=i2t, t2i=t2i)
     except OSError as e:
         print(f"error: cannot write output: {e.strerror or type(e).__name__} ({e.filename})", file=sys.stderr)
         return 2

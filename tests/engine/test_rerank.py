@@ -143,3 +143,31 @@ def test_rerank_settings_tuned_on_validation_equal_the_grid_best():
     S = img @ torch.nn.functional.normalize(img[t2i] + torch.randn(100, 8, generator=g), dim=1).T
     best, _, _ = tune_rerank(S, t2i)
     assert rerank_settings("galr", {"k": 99}, val=(S, t2i.tolist())) == best
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("pool", [2, 5, 256])
+def test_numpy_and_tensor_inputs_give_the_same_matrices_on_ties(seed, pool, monkeypatch):
+    # Few distinct values: ties in every line, in the top lists, at the list ends and among reverse ranks.
+    monkeypatch.setattr(rr, "POOL", pool)
+    rng = np.random.default_rng(seed)
+    S = rng.integers(1, 4, (7 + seed, 20 + 3 * seed)).astype(np.float32)
+    ref_i2t, ref_t2i = loop_both(S, 10)
+    for fn, kw, ref in ((galr_rerank, {"k": 10}, (ref_i2t, ref_t2i)),
+                        (galr_rerank_unweighted, {"k": 4}, loop_both(S, 4, weighted=False))):
+        a, b = fn(S, **kw)
+        ta, tb = fn(torch.from_numpy(S), **kw)
+        assert isinstance(a, np.ndarray) and isinstance(ta, torch.Tensor) and ta.dtype == torch.float64
+        np.testing.assert_array_equal(ta.numpy(), a)
+        np.testing.assert_array_equal(tb.numpy(), b)
+        np.testing.assert_allclose(a, ref[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(b, ref[1], rtol=1e-12, atol=1e-14)
+
+
+def test_tune_rerank_same_for_arrays_and_tensors():
+    rng = np.random.default_rng(2)
+    img = rng.standard_normal((15, 6))
+    t2i = np.repeat(np.arange(15), 5)
+    S = (img @ (img[t2i] + rng.standard_normal((75, 6))).T).astype(np.float32)
+    grid = dict(ks=(10, 20), wp1s=(0.0, 0.5), wp2s=(0.5, 1.1))
+    assert tune_rerank(S, t2i, **grid) == tune_rerank(torch.from_numpy(S), torch.from_numpy(t2i), **grid)

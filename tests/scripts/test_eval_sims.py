@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,26 @@ def test_output_folders_created_and_bad_output_refused_before_reading(tmp_path, 
     assert eval_sims.main(["--sims", str(tmp_path / "missing.npy"), "--json", str(blocker / "m.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --json {blocker / 'm.json'}: cannot create its folder") and "Errno" not in err
+
+
+def test_runs_without_importing_torch(tmp_path, sims):
+    # A fresh interpreter runs the script (plain, galr with --tune, galr_unweighted) and reports sys.modules.
+    child = ("import json, runpy, sys\n"
+             "sys.argv = ['eval_sims.py'] + sys.argv[1:]\n"
+             "try:\n"
+             "    runpy.run_path('scripts/eval_sims.py', run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    code = e.code\n"
+             "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules}))\n")
+    for name, extra in (("none", []), ("galr", ["--tune"]), ("galr_unweighted", [])):
+        out = tmp_path / f"{name}.json"
+        r = subprocess.run([sys.executable, "-c", child, "--sims", str(tmp_path / "s.npy"), "--rerank", name,
+                            "--k", "12", "--json", str(out), *extra], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.strip().splitlines()[-1]) == {"code": 0, "torch": False}, name
+        S = torch.from_numpy(sims)  # the same numbers as the torch-tensor entry points give
+        kw = {} if name == "none" else {"k": 12}
+        i2t, t2i = {"none": lambda s: (s, s), "galr": lambda s: galr_rerank(s, **kw),
+                    "galr_unweighted": lambda s: galr_rerank_unweighted(s, **kw)}[name](S)
+        ref = retrieval_metrics(i2t, txt2img_from_counts([5] * 12), sim_t2i=t2i)
+        assert json.loads(out.read_text()) == {k: ref[k] for k in KEYS}
