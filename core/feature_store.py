@@ -81,8 +81,8 @@ class FeatureStore:
         return self._table
 
     def add(self, keys: Sequence, values: torch.Tensor) -> None:
-        """Append rows (``values`` [len(keys), ...], stored detached on the CPU in float32)."""
-        values = values.detach().to("cpu", torch.float32)
+        """Append rows (``values`` [len(keys), ...], stored detached on the CPU in their dtype)."""
+        values = values.detach().to("cpu")
         first: dict = {}
         for i, k in enumerate(keys):  # repeated keys (identical captions) keep their first row
             if k not in self.rows and k not in first:

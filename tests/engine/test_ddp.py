@@ -65,6 +65,8 @@ SGD = ["--set", "optim.name=sgd", "--set", "optim.lr=0.05", "--set", "optim.sche
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, sets", [
+    ("tiny_dual_encoder", ["--set", "data.max_images=40", "--set", "data.batch_size=16", "--set", "train.epochs=2",
+                           "--set", "train.feature_cache=disk"]),
     ("tiny_kamcl", ["--set", "data.max_images=40", "--set", "data.batch_size=16", "--set", "train.epochs=2",
                     "--set", "model.params.queue_size=48", "--set", "model.params.text_dropout=0"]),
     ("tiny_pir", ["--set", "data.max_images=40", "--set", "data.batch_size=16", "--set", "train.epochs=1"]),
