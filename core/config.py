@@ -70,6 +70,12 @@ class DataCfg:
     split_dir: str = ""  # protocol=fixed: folder with train/val_filename_verify.txt
     max_images: int = 0  # >0: keep only the first N images of every split (smoke tests)
     cache: bool = True  # decode each image once per run into a uint8 memory cache (data/images.py); false = per sample
+    # leakage check (data/near_dups.py): perceptual hash of every image; train images within the threshold of a test
+    # image are removed from training, near-duplicates inside training are reported
+    near_dup_hash: str = "phash"  # phash | dhash | ahash | whash (imagehash)
+    near_dup_hash_size: int = 16  # imagehash hash_size: a hash of hash_size**2 bits (16: 256 bits)
+    near_dup_threshold: int = 64  # near-duplicate: Hamming distance <= this many bits (of hash_size**2)
+    near_dup_action: str = "auto"  # remove | report | auto (remove; report on the generated demo set)
 
 
 @dataclass(frozen=True)
@@ -304,6 +310,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "data.max_tokens": (1, None, False), "data.word_deletion": (0, 1, True), "data.image_size": (1, None, False),
     "data.batch_size": (1, None, False), "data.eval_batch_size": (1, None, False), "data.num_workers": (0, None, False),
     "data.n_folds": (1, None, False), "data.val_ratio": (0, 1, True), "data.max_images": (0, None, False),
+    "data.near_dup_hash_size": (2, None, False), "data.near_dup_threshold": (0, None, False),
     "optim.lr": (0, None, False), "optim.weight_decay": (0, None, False), "optim.momentum": (0, 1, False),
     "optim.step_epochs": (1, None, False), "optim.gamma": (0, None, False), "optim.warmup_ratio": (0, 1, False),
     "optim.grad_clip": (0, None, False),
@@ -314,6 +321,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.tokenizer": ("vocab", "bert", "clip"),
     "data.protocol": ("random_8020", "stratified", "kfold", "fixed"),
+    "data.near_dup_hash": ("phash", "dhash", "ahash", "whash"),
+    "data.near_dup_action": ("auto", "remove", "report"),
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.scheduler": ("step", "warmup_linear", "cosine", "constant"),
     "train.amp": ("bf16", "fp16", "off"),
@@ -341,6 +350,11 @@ def _check_values(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: '{key}' must be one of {', '.join(allowed)}, got {_get_dotted(cfg, key)!r}")
     if any(r < 1 for r in cfg.eval.scene_recall):
         raise ConfigError(f"{source}: 'eval.scene_recall' must be cut-offs >= 1, got {list(cfg.eval.scene_recall)}")
+    bits = cfg.data.near_dup_hash_size ** 2
+    if cfg.data.near_dup_threshold >= bits:
+        raise ConfigError(f"{source}: 'data.near_dup_threshold' must be < {bits} (the bits of a "
+                          f"{cfg.data.near_dup_hash_size}x{cfg.data.near_dup_hash_size} hash), got "
+                          f"{cfg.data.near_dup_threshold}")
     if cfg.data.protocol == "kfold" and cfg.data.n_folds < 2:
         raise ConfigError(f"{source}: 'data.n_folds' must be >= 2 with data.protocol=kfold, got {cfg.data.n_folds}")
 

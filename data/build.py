@@ -24,6 +24,7 @@ from data.caption_weights import load_caption_weights
 from core.context import ModelContext
 from core.errors import MissingFileError
 from data.folds import check_leakage, make_folds, write_split_files
+from data.near_dups import HashSpec
 from data.images import check_images, fill_cache
 from data.precomp import NONECLASS, PrecompSplit, load_split, truncate
 from data.presets import Preset, get_preset, resolve_folders
@@ -87,6 +88,35 @@ def _fold_indices(full_all: PrecompSplit, full: PrecompSplit, cfg: DataCfg, fold
     return [i for i in tr_idx if i < n], [i for i in va_idx if i < n]
 
 
+def near_dup_spec(cfg: DataCfg) -> HashSpec:
+    """The leakage check's hash and threshold (``data.near_dup_*``)."""
+    return HashSpec(cfg.near_dup_hash, cfg.near_dup_hash_size, cfg.near_dup_threshold)
+
+
+def near_dup_remove(cfg: DataCfg, preset: Preset) -> bool:
+    """Whether near-duplicates of test images leave training: ``data.near_dup_action``, ``auto`` = the preset's."""
+    action = preset.near_dup_action if cfg.near_dup_action == "auto" else cfg.near_dup_action
+    return action == "remove"
+
+
+def drop_removed(full: PrecompSplit, tr_idx: Sequence[int], va_idx: Sequence[int], leakage: dict,
+                 where: str = "") -> tuple[list[int], list[int]]:
+    """The fold's train / val indices without the images the leakage check removed (near-duplicates of test images).
+
+    The fold itself is drawn as before (on every image), so the other images keep their fold.
+
+    Raises:
+        ConfigError: no training image is left.
+    """
+    gone = {name for key, name in leakage.get("removed", []) if key in ("train", "val")}
+    tr = [i for i in tr_idx if full.filenames[i] not in gone]
+    va = [i for i in va_idx if full.filenames[i] not in gone]
+    if tr_idx and not tr:
+        raise ConfigError(f"every training image of the fold is a near-duplicate of a test image{where}; check the "
+                          "test split, or raise the bar with a smaller data.near_dup_threshold")
+    return tr, va
+
+
 def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokenizer_state: dict | None = None,
                source: str = "", splits: Sequence[str] = ("train", "val", "test")) -> DataBundle:
     """Load the dataset of ``cfg`` and draw fold ``fold``.
@@ -124,15 +154,18 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
         val = full.subset(va_idx, "val") if va_idx else None
         log.info("fold %d (%s, seed %d): %d train / %d val images", fold, cfg.protocol, cfg.base_seed + fold,
                  len(tr_idx), len(va_idx))
-        if run_dir is not None and dist.is_main():
-            write_split_files(Path(run_dir) / "splits", full, tr_idx, va_idx)
     test = truncate(_scenes(load_split(folder, "test", image_dir, False, ext, cfg.encoding), preset), cfg.max_images)
     used = [(n, sp) for n, sp in (("train", train), ("val", val), ("test", test)) if sp is not None and n in splits]
     check_images([sp.image_path(i) for _, sp in used for i in range(sp.n_images)],  # all bad files in one error
                  f"split(s) {', '.join(n for n, _ in used)} of {folder}")
-    # a test image named in train/val is an error; identical files under other names are counted and logged
+    # a test image named in train/val is an error; near-duplicates of test images leave the fold's train and val
     leakage = check_leakage({k: v for k, v in (("train", train), ("val", val), ("test", test)) if v is not None},
-                            content_hash=True, where=where)
+                            near_dup_spec(cfg), where=where, remove=near_dup_remove(cfg, preset))
+    if train is not None:
+        tr_idx, va_idx = drop_removed(full, tr_idx, va_idx, leakage, where)
+        train, val = full.subset(tr_idx, "train"), full.subset(va_idx, "val") if va_idx else None
+        if run_dir is not None and dist.is_main():
+            write_split_files(Path(run_dir) / "splits", full, tr_idx, va_idx)
     if tokenizer_state is not None:
         tokenizer = tokenizer_from_state(tokenizer_state)
     else:

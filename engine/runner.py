@@ -263,14 +263,15 @@ def data_facts(bundle: DataBundle) -> dict:
 
     Returns:
         ``{"vocab": {tokenizer, source, n_words[, n_test_only, test_only_examples]}, "leakage": {n_same_name,
-        n_same_content, n_same_content_test, same_content_examples}}`` (see data.tokenize.vocab_report and
-        data.folds.leakage_report).
+        near_dup, action, n_near_test, n_removed, removed, test_near_dups, n_train_near_dups, train_near_dups}}`` (see
+        data.tokenize.vocab_report and data.folds.leakage_report: ``removed`` names every training image dropped as a
+        near-duplicate of a test image, ``test_near_dups`` each such pair with its distance).
     """
     leak = bundle.leakage
+    keys = ("near_dup", "action", "n_near_test", "n_removed", "removed", "test_near_dups", "n_train_near_dups",
+            "train_near_dups")
     return {"vocab": dict(bundle.vocab),
-            "leakage": {"n_same_name": leak.get("n_same_name", 0), "n_same_content": leak.get("n_same_content", 0),
-                        "n_same_content_test": leak.get("n_same_content_test", 0),
-                        "same_content_examples": leak.get("same_content", [])[:5]}}
+            "leakage": {"n_same_name": leak.get("n_same_name", 0), **{k: leak[k] for k in keys if k in leak}}}
 
 
 def facts_comment(facts: dict) -> str:
@@ -278,9 +279,12 @@ def facts_comment(facts: dict) -> str:
     v, leak = facts["vocab"], facts["leakage"]
     test_only = (f"; {v['n_from_test']} of them only thanks to test captions, {v['n_test_only']} in no training "
                  f"caption" if "n_from_test" in v else "")
+    spec = leak.get("near_dup", {})
     return (f"# vocabulary used: {v.get('tokenizer')} {v.get('source', '')} ({v.get('n_words')} words{test_only})\n"
-            f"# leakage check: {leak['n_same_name']} shared file names, {leak['n_same_content']} identical image "
-            f"file(s) under other names ({leak['n_same_content_test']} group(s) across test and train/val)\n")
+            f"# leakage check: {leak['n_same_name']} shared file names; {spec.get('hash', '?')} {spec.get('bits', '?')}"
+            f" bits, distance <= {spec.get('threshold', '?')}: {leak.get('n_near_test', 0)} training image(s) near a test "
+            f"image, {leak.get('n_removed', 0)} removed (near_dup_action {leak.get('action', '?')}); "
+            f"{leak.get('n_train_near_dups', 0)} near-duplicate copies inside training\n")
 
 
 def format_metrics(m: dict) -> str:

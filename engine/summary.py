@@ -33,8 +33,13 @@ def summary_markdown(summary: dict) -> str:
         notes += f"\nVocabulary (fold 0): {v.get('source', '?')}, {v.get('n_words', '?')} words{extra}.\n"
     if "leakage" in summary:
         leak = summary["leakage"]
-        notes += (f"\nLeakage check: no test image name in train/val; {leak['n_same_content']} identical image file(s) "
-                  f"under other names ({leak['n_same_content_test']} across test and train/val).\n")
+        spec = leak.get("near_dup", {})
+        removed = ", ".join(f"{k}:{n}" for k, n in leak.get("removed", [])[:10])
+        notes += (f"\nLeakage check: no test image name in train/val; {spec.get('hash', '?')} {spec.get('bits', '?')} "
+                  f"bits, distance <= {spec.get('threshold', '?')}: {leak.get('n_near_test', 0)} training image(s) "
+                  f"near a test image, {leak.get('n_removed', 0)} removed{': ' + removed if removed else ''}"
+                  f"{', ...' if leak.get('n_removed', 0) > 10 else ''}; {leak.get('n_train_near_dups', 0)} "
+                  "near-duplicate copies inside training.\n")
     return (f"# {summary['experiment']} ({summary['method']} on {summary['dataset']})\n\n" + head + rows + mean + std
             + notes)
 
@@ -43,7 +48,8 @@ def build_summary(experiment: str, method: str, dataset: str, fold_rows: list[di
     """The summary dict (the format scripts/results_table.py reads).
 
     Besides the metrics, ``vocab`` (one entry per fold: which vocabulary, how many of its words come from the test
-    captions) and ``leakage`` (the data check, the same for every fold: identical image files under other names)
+    captions) and ``leakage`` (the data check of fold 0: removed near-duplicates of test images, near-duplicates
+    inside training; the names are the same for every fold, only their train/val label follows the fold)
     come from the fold rows when they carry them.
     """
     mean, std = mean_std(fold_rows)
