@@ -76,6 +76,7 @@ class DataCfg:
     near_dup_hash_size: int = 16  # imagehash hash_size: a hash of hash_size**2 bits (16: 256 bits)
     near_dup_threshold: int = 64  # near-duplicate: Hamming distance <= this many bits (of hash_size**2)
     near_dup_action: str = "auto"  # remove | report | auto (remove; report on the generated demo set)
+    datasets: tuple[str, ...] = ()  # a union of presets / *_precomp folders (data/union.py); data.dataset then unused
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from data.near_dups import HashSpec
 from data.images import check_images, fill_cache
 from data.precomp import NONECLASS, PrecompSplit, load_split, truncate
 from data.presets import Preset, get_preset, resolve_folders
+from data.union import concat, members as union_members, qualify
 from data.tokenize import Tokenizer, build_tokenizer, tokenizer_from_state, vocab_report
 from data.transforms import build_transform
 
@@ -40,12 +41,14 @@ class DataBundle:
 
     Attributes:
         train, val: the fold's training and validation images (None when not requested / empty).
-        test: the official test split.
+        test: the official test split (a union: its first member's, ``tests`` has them all).
         tokenizer: caption tokenizer (its ``state()`` goes into checkpoints).
         scene_names: scene label of each scene id: sorted scenes of the full training file, ``noneclass`` last.
         vocab: which vocabulary the tokenizer holds and how many of its words only test captions contain
             (:func:`data.tokenize.vocab_report`).
         leakage: images shared between the splits (:func:`data.folds.check_leakage`).
+        tests: a union's test sets, ``test/<member>`` -> that member's test split (``data/union.py``); empty for one
+            dataset.
     """
 
     train: PrecompSplit | None
@@ -55,6 +58,19 @@ class DataBundle:
     scene_names: list[str]
     vocab: dict = field(default_factory=dict)
     leakage: dict = field(default_factory=dict)
+    tests: dict[str, PrecompSplit] = field(default_factory=dict)
+
+    def test_splits(self) -> dict[str, PrecompSplit]:
+        """The test sets: ``{"test": test}``, or for a union ``{"test/<member>": ...}`` (one per member, in order)."""
+        return dict(self.tests) if self.tests else {"test": self.test}
+
+    def split(self, name: str) -> PrecompSplit:
+        """Split ``train`` / ``val`` / ``test`` / ``test/<member>`` of the bundle."""
+        if name.startswith("test/"):
+            if name not in self.tests:
+                raise ValueError(f"no test set {name!r}; this bundle has {', '.join(self.test_splits())}")
+            return self.tests[name]
+        return getattr(self, name)
 
     def scene_ids(self, split: PrecompSplit) -> list[int]:
         """Scene id of every image of ``split`` (scenes unseen in training map to ``noneclass``)."""
@@ -136,31 +152,38 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
         ConfigError / ValueError: bad protocol settings or inconsistent files.
     """
     where = f" ({source})" if source else ""
-    folder, image_dir = resolve_folders(cfg)
-    preset = get_preset(cfg)
-    ext = preset.ext
     want_train = "train" in splits or "val" in splits or (tokenizer_state is None and cfg.tokenizer == "vocab"
                                                            and not cfg.vocab)
-    has_train = (folder / "train_caps.txt").is_file()
-    if want_train and not has_train:
-        raise MissingFileError(f"{folder} has no train_caps.txt{where}; this dataset can only be evaluated "
+    sources = ([_load_source(m, label, want_train, where) for label, m in union_members(cfg, where)]
+               if cfg.datasets else [_load_source(cfg, "", want_train, where)])
+    if want_train and all(s.full is None for s in sources):
+        names = ", ".join(str(s.folder) for s in sources)
+        raise MissingFileError(f"{names} has no train_caps.txt{where}; this dataset can only be evaluated "
                                 "(give a tokenizer via data.vocab / a checkpoint and use splits=('test',))")
-    full_all = _scenes(load_split(folder, "train", image_dir, False, ext, cfg.encoding), preset) if has_train else None
+    if cfg.datasets:  # one pool of qualified names; each member's test split on its own
+        pool = [qualify(s.full, s.label) for s in sources if s.full is not None]
+        full_all = full = concat(pool, "train") if pool else None
+        tests = {f"test/{s.label}": qualify(s.test, s.label) for s in sources}
+        folder = full.folder if full is not None else Path("+".join(s.label for s in sources))
+    else:
+        full_all, full, tests, folder = sources[0].full_all, sources[0].full, {"test": sources[0].test}, sources[0].folder
     train = val = None
-    if want_train and full_all is not None:
-        full = truncate(full_all, cfg.max_images)
+    tr_idx: list[int] = []
+    va_idx: list[int] = []
+    if want_train and full is not None:
         tr_idx, va_idx = _fold_indices(full_all, full, cfg, fold, where)
         train = full.subset(tr_idx, "train")
         val = full.subset(va_idx, "val") if va_idx else None
         log.info("fold %d (%s, seed %d): %d train / %d val images", fold, cfg.protocol, cfg.base_seed + fold,
                  len(tr_idx), len(va_idx))
-    test = truncate(_scenes(load_split(folder, "test", image_dir, False, ext, cfg.encoding), preset), cfg.max_images)
-    used = [(n, sp) for n, sp in (("train", train), ("val", val), ("test", test)) if sp is not None and n in splits]
+    used = [(n, sp) for n, sp in (("train", train), ("val", val)) if sp is not None and n in splits]
+    used += list(tests.items())
     check_images([sp.image_path(i) for _, sp in used for i in range(sp.n_images)],  # all bad files in one error
                  f"split(s) {', '.join(n for n, _ in used)} of {folder}")
     # a test image named in train/val is an error; near-duplicates of test images leave the fold's train and val
-    leakage = check_leakage({k: v for k, v in (("train", train), ("val", val), ("test", test)) if v is not None},
-                            near_dup_spec(cfg), where=where, remove=near_dup_remove(cfg, preset))
+    remove = any(near_dup_remove(cfg, s.preset) for s in sources)
+    leakage = check_leakage({**{k: v for k, v in (("train", train), ("val", val)) if v is not None}, **tests},
+                            near_dup_spec(cfg), where=where, remove=remove)
     if train is not None:
         tr_idx, va_idx = drop_removed(full, tr_idx, va_idx, leakage, where)
         train, val = full.subset(tr_idx, "train"), full.subset(va_idx, "val") if va_idx else None
@@ -171,16 +194,45 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
     else:
         tokenizer = build_tokenizer(cfg, train.captions if train is not None else None,
                                     f"the training captions of fold {fold}")
-    vocab = vocab_report(tokenizer, full_all.captions if full_all is not None else [], test.captions)
+    test_caps = [c for sp in tests.values() for c in sp.captions]
+    vocab = vocab_report(tokenizer, full_all.captions if full_all is not None else [], test_caps)
     if "n_from_test" in vocab:
         (log.warning if vocab["n_from_test"] else log.info)(
             "vocabulary: %s, %d words; %d of them are there only thanks to test captions (%d occur in no training "
             "caption)%s", vocab["source"], vocab["n_words"], vocab["n_from_test"], vocab["n_test_only"],
             f", e.g. {', '.join(vocab['from_test_examples'][:5])}" if vocab["n_from_test"] else "")
-    scene_names = _scene_names(full_all.scenes if full_all is not None else test.scenes)
+    scene_names = _scene_names(full_all.scenes if full_all is not None else
+                               [x for sp in tests.values() for x in sp.scenes])
     keep = set(splits)
-    return DataBundle(train if "train" in keep else None, val if "val" in keep else None, test, tokenizer,
-                      scene_names, vocab, leakage)
+    return DataBundle(train if "train" in keep else None, val if "val" in keep else None, next(iter(tests.values())),
+                      tokenizer, scene_names, vocab, leakage, tests if cfg.datasets else {})
+
+
+@dataclass
+class _Source:
+    """One dataset's files: its training pool (all of it, and the first ``data.max_images``) and its test split."""
+
+    label: str
+    folder: Path
+    preset: Preset
+    full_all: PrecompSplit | None
+    full: PrecompSplit | None
+    test: PrecompSplit
+
+
+def _load_source(cfg: DataCfg, label: str, want_train: bool, where: str) -> _Source:
+    """Read one dataset's train (when there: its names also give the scene names) and test files; a union member
+    without a train file is only tested (logged)."""
+    folder, image_dir = resolve_folders(cfg)
+    preset = get_preset(cfg)
+    ext = preset.ext
+    has_train = (folder / "train_caps.txt").is_file()
+    if want_train and not has_train and label:
+        log.info("union member %s (%s) has no train_caps.txt: it is only tested", label, folder)
+    full_all = _scenes(load_split(folder, "train", image_dir, False, ext, cfg.encoding), preset) if has_train else None
+    full = truncate(full_all, cfg.max_images) if full_all is not None else None
+    test = truncate(_scenes(load_split(folder, "test", image_dir, False, ext, cfg.encoding), preset), cfg.max_images)
+    return _Source(label, folder, preset, full_all, full, test)
 
 
 def _loader_kwargs(cfg: DataCfg) -> dict[str, Any]:
@@ -192,7 +244,7 @@ def _loader_kwargs(cfg: DataCfg) -> dict[str, Any]:
 def cache_jobs(bundle: DataBundle, cfg: DataCfg) -> list[tuple[list[Path], Any, str]]:
     """(paths, prefix, key) of the pixel cache: training images by the train pipeline, val/test by the eval one."""
     jobs = []
-    for split, train in ((bundle.train, True), (bundle.val, False), (bundle.test, False)):
+    for split, train in ((bundle.train, True), (bundle.val, False), *((t, False) for t in bundle.test_splits().values())):
         if split is not None:
             pipe = build_transform(cfg.transform, train, cfg.image_size)
             jobs.append(([split.image_path(i) for i in range(split.n_images)], pipe.prefix, pipe.key))

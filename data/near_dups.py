@@ -32,12 +32,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from data.images import load_image
 
 log = logging.getLogger(__name__)
 
 HASHES = ("phash", "dhash", "ahash", "whash")
+_LISTED = 20  # bad files named in one error
 _BLOCK = 1 << 22  # word comparisons per block of the pair search (a few MB of temporaries)
 
 
@@ -104,16 +105,22 @@ def image_hashes(paths: Sequence[str | os.PathLike], spec: HashSpec, threads: in
     """Hashes of image files, [N, words] uint64 (remembered per file and hash for the life of the process).
 
     Raises:
-        DataError: a file cannot be decoded (``data.images.load_image``'s one-line error).
+        DataError: one line naming every file that cannot be decoded (``data.images.load_image``'s reasons).
     """
     paths = [Path(p) for p in paths]
     keys = [_key(p, spec) for p in paths]
     with _MEMO_LOCK:
         out = [_MEMO.get(k) if k is not None else None for k in keys]
     todo = [i for i, h in enumerate(out) if h is None]
+    bad: list[str] = []
 
     def work(i: int) -> None:
-        h = hash_bits(load_image(paths[i]), spec)
+        try:
+            img = load_image(paths[i])
+        except DataError as e:
+            bad.append(str(e))
+            return
+        h = hash_bits(img, spec)
         if keys[i] is not None:
             with _MEMO_LOCK:
                 _MEMO[keys[i]] = h
@@ -122,6 +129,11 @@ def image_hashes(paths: Sequence[str | os.PathLike], spec: HashSpec, threads: in
     if todo:
         with ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(work, todo))
+    if bad:  # every bad file in one error, as the pixel cache reports them
+        bad.sort()
+        more = f"; ... and {len(bad) - _LISTED} more" if len(bad) > _LISTED else ""
+        raise DataError(f"{len(bad)} of {len(paths)} image files cannot be read (leakage check): "
+                        f"{'; '.join(bad[:_LISTED])}{more}")
     words = (spec.bits + 63) // 64
     return np.stack(out) if out else np.zeros((0, words), np.uint64)
 

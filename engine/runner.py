@@ -134,9 +134,10 @@ def restore(parts: Parts, ckpt: dict) -> tuple[int, int, float, int]:
 
 def evaluate_split(cfg: Config, model: nn.Module, bundle: DataBundle, split: str, device: torch.device,
                    rerank: str = "none", rerank_kw: dict | None = None) -> tuple[dict, torch.Tensor]:
-    """Metrics of one split of ``bundle`` (``val`` or ``test``), encoded under ``eval.amp`` (fp32 by default, never
-    ``train.amp``: validation and test numbers must not depend on the training precision)."""
-    data = getattr(bundle, split)
+    """Metrics of one split of ``bundle`` (``val``, ``test`` or a union's ``test/<member>``), encoded under
+    ``eval.amp`` (fp32 by default, never ``train.amp``: validation and test numbers must not depend on the training
+    precision)."""
+    data = bundle.split(split)
     img_loader, txt_loader = eval_loaders(data, bundle, cfg.data)
     names = {n: i for i, n in enumerate(bundle.scene_names)}
     scenes = torch.tensor([names.get(s, -1) for s in data.scenes])
@@ -223,21 +224,37 @@ def _end_of_epoch(cfg: Config, parts: Parts, model: nn.Module, writer: MetricWri
 
 def _final_test(cfg: Config, parts: Parts, run_dir: Path, device: torch.device, writer: MetricWriter,
                 step: int, facts: dict) -> dict:
+    """Test ``best.pth`` once on every test set and write ``test.json``: the metrics of the test split, or for a
+    union ``{"test_sets": {member: metrics}}`` (one row per member's own test split), with the run's facts."""
     ckpt = load_checkpoint(run_dir / "best.pth", method=cfg.model.name)
     parts.model.load_state_dict(ckpt["model"])
     parts.model.load_extra_state(ckpt.get("extra", {}))
     rerank = cfg.eval.rerank
     kw = rerank_for_test(cfg, parts.model, parts.bundle, rerank, device) if rerank != "none" else {}
-    metrics, sim = evaluate_split(cfg, parts.model, parts.bundle, "test", device, rerank, kw)
-    if rerank != "none":  # as test.py --rerank: reranked metrics, the rerank named; the plain ones kept beside
-        plain = metrics_with_rerank(sim, torch.tensor(parts.bundle.test.txt2img))
-        metrics.update(rerank={"name": rerank, **kw}, no_rerank=plain)
-        log.info("test without rerank: %s", format_metrics(plain))
+    sets = parts.bundle.test_splits()
+    per = {name: _test_set(cfg, parts, name, device, rerank, kw) for name in sets}
+    if list(sets) == ["test"]:
+        metrics, rows = per["test"], {"test": per["test"]}
+    else:
+        rows = {name.split("/", 1)[1]: m for name, m in per.items()}
+        metrics = {"test_sets": rows}
     metrics.update(best_epoch=ckpt.get("best_epoch", ckpt["epoch"]), method=cfg.model.name,
                    checkpoint=str(run_dir / "best.pth"), **facts)
     (run_dir / "test.json").write_text(json.dumps(metrics, indent=2))
-    writer.write(step, {f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-    log.info("test (best epoch %s): %s", metrics["best_epoch"], format_metrics(metrics))
+    for label, m in rows.items():
+        prefix = "test" if label == "test" else f"test/{label}"
+        writer.write(step, {f"{prefix}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
+        log.info("%s (best epoch %s): %s", prefix, metrics["best_epoch"], format_metrics(m))
+    return metrics
+
+
+def _test_set(cfg: Config, parts: Parts, name: str, device: torch.device, rerank: str, kw: dict) -> dict:
+    """Metrics of one test set; reranked ones with the plain ones beside (as test.py --rerank)."""
+    metrics, sim = evaluate_split(cfg, parts.model, parts.bundle, name, device, rerank, kw)
+    if rerank != "none":
+        plain = metrics_with_rerank(sim, torch.tensor(parts.bundle.split(name).txt2img))
+        metrics.update(rerank={"name": rerank, **kw}, no_rerank=plain)
+        log.info("%s without rerank: %s", name, format_metrics(plain))
     return metrics
 
 
