@@ -77,6 +77,9 @@ class DataCfg:
     near_dup_threshold: int = 64  # near-duplicate: Hamming distance <= this many bits (of hash_size**2)
     near_dup_action: str = "auto"  # remove | report | auto (remove; report on the generated demo set)
     datasets: tuple[str, ...] = ()  # a union of presets / *_precomp folders (data/union.py); data.dataset then unused
+    format: str = "precomp"  # precomp (in memory) | webdataset: training pairs streamed from data.shards (data/shards.py)
+    shards: str = ""  # webdataset: folder of tar shards + index.json (scripts/make_shards.py); test: data.dataset(s)
+    shuffle_buffer: int = 1000  # webdataset: pairs in each worker's shuffle buffer
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "data.batch_size": (1, None, False), "data.eval_batch_size": (1, None, False), "data.num_workers": (0, None, False),
     "data.n_folds": (1, None, False), "data.val_ratio": (0, 1, True), "data.max_images": (0, None, False),
     "data.near_dup_hash_size": (2, None, False), "data.near_dup_threshold": (0, None, False),
+    "data.shuffle_buffer": (1, None, False),
     "optim.lr": (0, None, False), "optim.weight_decay": (0, None, False), "optim.momentum": (0, 1, False),
     "optim.step_epochs": (1, None, False), "optim.gamma": (0, None, False), "optim.warmup_ratio": (0, 1, False),
     "optim.grad_clip": (0, None, False),
@@ -324,6 +328,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.protocol": ("random_8020", "stratified", "kfold", "fixed"),
     "data.near_dup_hash": ("phash", "dhash", "ahash", "whash"),
     "data.near_dup_action": ("auto", "remove", "report"),
+    "data.format": ("precomp", "webdataset"),
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.scheduler": ("step", "warmup_linear", "cosine", "constant"),
     "train.amp": ("bf16", "fp16", "off"),

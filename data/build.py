@@ -49,6 +49,7 @@ class DataBundle:
         leakage: images shared between the splits (:func:`data.folds.check_leakage`).
         tests: a union's test sets, ``test/<member>`` -> that member's test split (``data/union.py``); empty for one
             dataset.
+        stream: ``data.format: webdataset``: the shards the training loader streams (``data/shards.py``).
     """
 
     train: PrecompSplit | None
@@ -59,6 +60,7 @@ class DataBundle:
     vocab: dict = field(default_factory=dict)
     leakage: dict = field(default_factory=dict)
     tests: dict[str, PrecompSplit] = field(default_factory=dict)
+    stream: Any = None  # data.shards.StreamInfo with data.format webdataset (then train and val are None)
 
     def test_splits(self) -> dict[str, PrecompSplit]:
         """The test sets: ``{"test": test}``, or for a union ``{"test/<member>": ...}`` (one per member, in order)."""
@@ -152,6 +154,8 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
         ConfigError / ValueError: bad protocol settings or inconsistent files.
     """
     where = f" ({source})" if source else ""
+    if cfg.format == "webdataset":
+        return _stream_data(cfg, fold, tokenizer_state, where, splits)
     want_train = "train" in splits or "val" in splits or (tokenizer_state is None and cfg.tokenizer == "vocab"
                                                            and not cfg.vocab)
     sources = ([_load_source(m, label, want_train, where) for label, m in union_members(cfg, where)]
@@ -206,6 +210,80 @@ def build_data(cfg: DataCfg, fold: int = 0, run_dir: Path | None = None, tokeniz
     keep = set(splits)
     return DataBundle(train if "train" in keep else None, val if "val" in keep else None, next(iter(tests.values())),
                       tokenizer, scene_names, vocab, leakage, tests if cfg.datasets else {})
+
+
+def _stream_data(cfg: DataCfg, fold: int, tokenizer_state: dict | None, where: str,
+                 splits: Sequence[str]) -> DataBundle:
+    """``data.format: webdataset``: training pairs from the shards of ``data.shards`` (no validation split: the
+    last epoch is kept), test split(s) from ``data.dataset`` / ``data.datasets`` as for the in-memory format; the
+    shard images are hashed in one pass and those near a test image are skipped by the stream."""
+    from data.shards import StreamInfo, kept_counts, read_index, scan_shards
+
+    if not cfg.shards:
+        raise ConfigError(f"data.format 'webdataset' needs data.shards (a folder written by scripts/make_shards.py)"
+                          f"{where}")
+    if cfg.cap_weight_file:
+        raise ConfigError(f"data.cap_weight_file is not supported with data.format 'webdataset'{where}")
+    index = read_index(cfg.shards)
+    sources = ([_load_source(m, label, False, where) for label, m in union_members(cfg, where)]
+               if cfg.datasets else [_load_source(cfg, "", False, where)])
+    tests = ({f"test/{s.label}": qualify(s.test, s.label) for s in sources} if cfg.datasets
+             else {"test": sources[0].test})
+    check_images([sp.image_path(i) for sp in tests.values() for i in range(sp.n_images)],
+                 f"test split(s) {', '.join(tests)}")
+    info = StreamInfo(Path(cfg.shards), index, scenes=list(index.get("scenes", [])))
+    want_train = "train" in splits or tokenizer_state is None
+    leakage: dict = {}
+    captions: list[str] = []
+    if want_train:
+        spec = near_dup_spec(cfg)
+        scan = scan_shards(cfg.shards, index, spec)
+        captions = scan.captions
+        leakage = stream_leakage(scan.names, scan.hashes, tests, spec, any(near_dup_remove(cfg, s.preset)
+                                                                             for s in sources))
+        info.removed = {n for _, n in leakage["removed"]}
+        info.counts = kept_counts(index, scan, info.removed)
+        log.info("shards %s: %d pairs of %d images in %d shard(s); %d pair(s) of removed images skipped",
+                 cfg.shards, index["n_pairs"], len(scan.names), len(index["shards"]),
+                 index["n_pairs"] - sum(info.counts))
+    tokenizer = (tokenizer_from_state(tokenizer_state) if tokenizer_state is not None
+                 else build_tokenizer(cfg, captions, f"the captions of the shards in {cfg.shards}"))
+    vocab = vocab_report(tokenizer, captions, [c for sp in tests.values() for c in sp.captions])
+    scene_names = _scene_names(info.scenes or [x for sp in tests.values() for x in sp.scenes])
+    return DataBundle(None, None, next(iter(tests.values())), tokenizer, scene_names, vocab, leakage,
+                      tests if cfg.datasets else {}, stream=info)
+
+
+def stream_leakage(names: list[str], hashes: Any, tests: dict[str, PrecompSplit], spec: HashSpec,
+                   remove: bool) -> dict:
+    """The leakage report (``data.folds.check_leakage``'s keys) of shard images against the test images: training
+    refs are ``["shards", name]``; names are not compared (a shard collection names its files its own way)."""
+    import numpy as np
+
+    from data.folds import _LOGGED
+    from data.near_dups import image_hashes, near_groups, nearest
+
+    te_refs = [(k, n) for k, sp in tests.items() for n in sp.filenames]
+    te_h = image_hashes([sp.image_path(i) for sp in tests.values() for i in range(sp.n_images)], spec)
+    best, arg = nearest(hashes, te_h)
+    cross = sorted((("shards", names[i]), te_refs[int(arg[i])], int(best[i]))
+                   for i in np.flatnonzero(best <= spec.threshold))
+    groups = near_groups(hashes, spec.threshold)
+    near = [list(tr) for tr, _, _ in cross]
+    rep = {"by_name": {}, "n_same_name": 0, "near_dup": spec.describe(),
+           "test_near_dups": [[list(tr), list(te), d] for tr, te, d in cross], "near_test": near,
+           "n_near_test": len(near), "train_near_dups": [[["shards", names[i]] for i in g] for g in groups],
+           "n_train_near_dups": sum(len(g) - 1 for g in groups), "n_hashed": len(names) + len(te_refs),
+           "action": "remove" if remove else "report", "removed": near if remove else []}
+    rep["n_removed"] = len(rep["removed"])
+    shown = ", ".join(n for _, n in near[:_LOGGED]) + (f", ... (all {len(near)} in test.json)"
+                                                        if len(near) > _LOGGED else "")
+    (log.warning if near else log.info)(
+        "leakage check (%s %d bits, distance <= %d, %d images): %d shard image(s) are near-duplicates of a test "
+        "image%s%s; %d near-duplicate copies inside the shards", spec.kind, spec.bits, spec.threshold,
+        rep["n_hashed"], len(near), (" and are skipped" if remove else " (kept: data.near_dup_action report)")
+        if near else "", f": {shown}" if near else "", rep["n_train_near_dups"])
+    return rep
 
 
 @dataclass
@@ -267,6 +345,8 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
         seed: the run seed.
         deterministic: the engine's deterministic mode (the order is reproducible either way).
     """
+    if bundle.stream is not None:
+        return _stream_loader(bundle, cfg, distributed, seed)
     if bundle.train is None:
         raise ValueError("train_loader needs a bundle built with the 'train' split")
     world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
@@ -284,6 +364,24 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
     return DataLoader(dataset, batch_size=sampler.local, sampler=sampler, drop_last=True,
                       collate_fn=TrainCollate(bundle.tokenizer, dataset.image_norm), generator=generator,
                       **_loader_kwargs(cfg))
+
+
+def _stream_loader(bundle: DataBundle, cfg: DataCfg, distributed: bool, seed: int) -> DataLoader:
+    """The loader over :class:`data.shards.ShardStream` (workers rebuilt every epoch, so they see ``set_epoch``)."""
+    from data.shards import ShardStream
+
+    world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
+    if cfg.batch_size % world:
+        raise ConfigError(f"data.batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    if cfg.cache:  # the test images, as for the in-memory format
+        fill_cache(cache_jobs(bundle, cfg))
+    pipe = build_transform(cfg.transform, True, cfg.image_size)
+    dataset = ShardStream(bundle.stream, bundle.tokenizer, pipe, {s: i for i, s in enumerate(bundle.scene_names)},
+                          seed, rank, world, cfg.num_workers, cfg.batch_size // world, cfg.shuffle_buffer,
+                          cfg.word_deletion)
+    kw = dict(_loader_kwargs(cfg), persistent_workers=False)
+    return DataLoader(dataset, batch_size=cfg.batch_size // world, drop_last=True,
+                      collate_fn=TrainCollate(bundle.tokenizer, dataset.image_norm), **kw)
 
 
 def eval_loaders(split: PrecompSplit, bundle: DataBundle, cfg: DataCfg) -> tuple[DataLoader, DataLoader]:

@@ -172,12 +172,15 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
         save_config(cfg, run_dir / "config.yaml")
         with open(run_dir / "config.yaml", "a") as f:  # comments: the file still loads as the run's config
             f.write(facts_comment(facts))
-    log.info("fold %d: %d train images / %d captions, %d val images, %d steps per epoch, %d epochs", fold,
-             len(parts.bundle.train.filenames), len(parts.bundle.train.captions),
+    tr = parts.bundle.train
+    log.info("fold %d: %s, %d val images, %d steps per epoch, %d epochs", fold,
+             f"{len(tr.filenames)} train images / {len(tr.captions)} captions" if tr is not None
+             else f"training pairs streamed from {cfg.data.shards}",
              len(parts.bundle.val.filenames) if parts.bundle.val else 0, len(parts.loader), cfg.train.epochs)
     for epoch in range(start, cfg.train.epochs):
-        if hasattr(parts.loader.sampler, "set_epoch"):
-            parts.loader.sampler.set_epoch(epoch)
+        for order in (parts.loader.sampler, parts.loader.dataset):  # in-memory: the sampler; streamed: the dataset
+            if hasattr(order, "set_epoch"):
+                order.set_epoch(epoch)
         stats = train_one_epoch(model, parts.criterion, parts.loader, parts.optimizer, parts.scheduler, parts.scaler,
                                 epoch, device, amp=cfg.train.amp, grad_clip=cfg.optim.grad_clip,
                                 log_every=cfg.train.log_every, log_every_s=cfg.train.log_every_s)
