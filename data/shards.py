@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 import logging
 import os
 from dataclasses import dataclass, field
@@ -133,7 +134,8 @@ def write_shards(pairs: Sequence[Pair], out: str | os.PathLike, per_shard: int =
     for k, start in enumerate(range(0, len(pairs), per_shard)):
         name = f"shard-{k:06d}.tar"
         tmp = out / f".{name}.part"
-        with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0.0) as sink:
+        # ustar: no pax header per member (a third of the reading cost of a small sample)
+        with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0.0, format=tarfile.USTAR_FORMAT) as sink:
             for n, p in enumerate(pairs[start:start + per_shard], start):
                 ext = p.image.suffix.lstrip(".").lower() or "img"
                 meta = {"name": p.name, "img_id": p.img_id, "cap_id": p.cap_id, "scene": p.scene}
@@ -343,11 +345,12 @@ class ShardStream(IterableDataset):
         quota = self.plan.quotas[slot] * self.local_batch
         paths = [self.info.folder / self.info.index["shards"][k]["name"] for k in self.plan.shards[slot]]
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, slot])
-        kept = (s for s in iter_samples(paths) if str(_meta(s, "shard")["name"]) not in self.info.removed)
-        for n, sample in enumerate(buffer_shuffle(kept, self.buffer, rng)):
+        metas = ((s, _meta(s, "shard")) for s in iter_samples(paths))
+        kept = ((s, m) for s, m in metas if str(m["name"]) not in self.info.removed)
+        for n, (sample, meta) in enumerate(buffer_shuffle(kept, self.buffer, rng)):
             if n >= quota:
                 return
-            yield self.item(sample)
+            yield self.item(sample, meta)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -355,8 +358,7 @@ class ShardStream(IterableDataset):
             raise RuntimeError(f"ShardStream planned for {self.workers} workers, loader has {info.num_workers}")
         return self.slot_items(info.id if info is not None else 0)
 
-    def item(self, sample: dict) -> dict:
-        meta = _meta(sample, "shard")
+    def item(self, sample: dict, meta: dict) -> dict:
         key = int(sample["__key__"])
         where = f"shard sample {sample['__key__']} ({meta['name']})"
         img = decode(_image_bytes(sample, where), where)
