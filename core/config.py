@@ -70,6 +70,16 @@ class DataCfg:
     split_dir: str = ""  # protocol=fixed: folder with train/val_filename_verify.txt
     max_images: int = 0  # >0: keep only the first N images of every split (smoke tests)
     cache: bool = True  # decode each image once per run into a uint8 memory cache (data/images.py); false = per sample
+    # leakage check (data/near_dups.py): perceptual hash of every image; train images within the threshold of a test
+    # image are removed from training, near-duplicates inside training are reported
+    near_dup_hash: str = "phash"  # phash | dhash | ahash | whash (imagehash)
+    near_dup_hash_size: int = 16  # imagehash hash_size: a hash of hash_size**2 bits (16: 256 bits)
+    near_dup_threshold: int = 64  # near-duplicate: Hamming distance <= this many bits (of hash_size**2)
+    near_dup_action: str = "auto"  # remove | report | auto (remove; report on the generated demo set)
+    datasets: tuple[str, ...] = ()  # a union of presets / *_precomp folders (data/union.py); data.dataset then unused
+    format: str = "precomp"  # precomp (in memory) | webdataset: training pairs streamed from data.shards (data/shards.py)
+    shards: str = ""  # webdataset: folder of tar shards + index.json (scripts/make_shards.py); test: data.dataset(s)
+    shuffle_buffer: int = 1000  # webdataset: pairs in each worker's shuffle buffer
 
 
 @dataclass(frozen=True)
@@ -318,6 +328,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "data.max_tokens": (1, None, False), "data.word_deletion": (0, 1, True), "data.image_size": (1, None, False),
     "data.batch_size": (1, None, False), "data.eval_batch_size": (1, None, False), "data.num_workers": (0, None, False),
     "data.n_folds": (1, None, False), "data.val_ratio": (0, 1, True), "data.max_images": (0, None, False),
+    "data.near_dup_hash_size": (2, None, False), "data.near_dup_threshold": (0, None, False),
+    "data.shuffle_buffer": (1, None, False),
     "optim.lr": (0, None, False), "optim.weight_decay": (0, None, False), "optim.momentum": (0, 1, False),
     "optim.step_epochs": (1, None, False), "optim.gamma": (0, None, False), "optim.warmup_ratio": (0, 1, False),
     "optim.grad_clip": (0, None, False),
@@ -328,6 +340,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.tokenizer": ("vocab", "bert", "clip"),
     "data.protocol": ("random_8020", "stratified", "kfold", "fixed"),
+    "data.near_dup_hash": ("phash", "dhash", "ahash", "whash"),
+    "data.near_dup_action": ("auto", "remove", "report"),
+    "data.format": ("precomp", "webdataset"),
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.scheduler": ("step", "warmup_linear", "cosine", "constant"),
     "train.amp": ("bf16", "fp16", "off"),
@@ -383,6 +398,11 @@ def _check_values(cfg: Config, source: str) -> None:
     if any(r < 1 for r in cfg.eval.scene_recall):
         raise ConfigError(f"{source}: 'eval.scene_recall' must be cut-offs >= 1, got {list(cfg.eval.scene_recall)}")
     _check_select_metric(cfg.eval, source)
+    bits = cfg.data.near_dup_hash_size ** 2
+    if cfg.data.near_dup_threshold >= bits:
+        raise ConfigError(f"{source}: 'data.near_dup_threshold' must be < {bits} (the bits of a "
+                          f"{cfg.data.near_dup_hash_size}x{cfg.data.near_dup_hash_size} hash), got "
+                          f"{cfg.data.near_dup_threshold}")
     if cfg.data.protocol == "kfold" and cfg.data.n_folds < 2:
         raise ConfigError(f"{source}: 'data.n_folds' must be >= 2 with data.protocol=kfold, got {cfg.data.n_folds}")
     if cfg.eval.recipe not in ("", "none"):

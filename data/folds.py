@@ -15,15 +15,16 @@ lists (sorted, so subsets keep file order), and split files are written only whe
   per caption, upstream format); every fold is that same split.
 
 Leakage check (``check_leakage``, run by ``data/build.py`` for every run): a test image whose file name is also a
-train or validation image stops the run (ConfigError naming the first few); byte-identical image files under
-different names (SHA-1 of the files whose size another file shares) are counted and logged, and the count goes into
-the run's ``test.json`` and ``summary.json``.
+train or validation image stops the run (ConfigError naming the first few). Every training-side image is then
+compared with every test image by perceptual hash (``data/near_dups.py``: ``data.near_dup_hash``, default phash of
+256 bits, near-duplicate at Hamming distance <= ``data.near_dup_threshold``, default 64): training images that are
+near-duplicates of a test image are listed (``data/build.py`` removes them from the fold's train and val images),
+near-duplicates inside training are grouped and counted. Counts and names go to the log, the run's ``test.json``
+and ``summary.json``.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
 from typing import Sequence
@@ -32,11 +33,13 @@ import numpy as np
 
 from core.config import ConfigError
 from core.errors import DataError, MissingFileError
+from data.near_dups import HashSpec, image_hashes, near_groups, nearest
 from data.precomp import PrecompSplit, read_lines
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("random_8020", "stratified", "kfold", "fixed")
 Fold = tuple[list[int], list[int]]
+_LOGGED = 50  # near-duplicate names in one log line (test.json lists them all)
 
 
 def _random(n: int, val_ratio: float, seed: int) -> Fold:
@@ -154,97 +157,115 @@ def write_split_files(out_dir: Path, split: PrecompSplit, train_idx: Sequence[in
         (out_dir / f"{key}_caps_verify.txt").write_text("".join(c + "\n" for c in caps))
 
 
-def _file_hash(path: Path, size: int) -> str | None:
-    try:
-        return _cached_hash(str(path), size, path.stat().st_mtime_ns)
-    except OSError:
-        return None
+def _is_test(key: str) -> bool:
+    """Split keys ``test`` and ``test/<member>`` (a union's test sets) are the test side; the rest is training."""
+    return key == "test" or key.startswith("test/")
 
 
-@lru_cache(maxsize=1 << 16)  # every fold of a --folds all run checks the same files
-def _cached_hash(path: str, size: int, mtime_ns: int) -> str:
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-
-
-def _same_content_groups(splits: dict[str, PrecompSplit]) -> list[list[tuple[str, str]]]:
-    """Groups (>= 2 different names) of byte-identical image files, each a list of (split, name).
-
-    Only files whose size another file shares are hashed (SHA-1); empty and unreadable files are skipped.
-    """
-    by_size: dict[int, list[tuple[str, str, Path]]] = {}
-    seen: set[tuple[str, str]] = set()
-    for key, sp in splits.items():
+def _refs(splits: dict[str, PrecompSplit], keys: Sequence[str]) -> tuple[list[tuple[str, str]], list[Path]]:
+    """(split, name) and path of every image of the splits ``keys``, each (split, name) once."""
+    refs, paths, seen = [], [], set()
+    for key in keys:
+        sp = splits[key]
         for i, name in enumerate(sp.filenames):
-            if (key, name) in seen:
-                continue
-            seen.add((key, name))
-            path = sp.image_path(i)
-            try:
-                size = path.stat().st_size
-            except OSError:
-                continue
-            if size > 0:
-                by_size.setdefault(size, []).append((key, name, path))
-    by_hash: dict[str, list[tuple[str, str]]] = {}
-    for size, files in by_size.items():
-        if len(files) > 1:
-            for key, name, path in files:
-                h = _file_hash(path, size)
-                if h is not None:
-                    by_hash.setdefault(h, []).append((key, name))
-    groups = [sorted(g) for g in by_hash.values() if len({name for _, name in g}) > 1]
-    return sorted(groups)
+            if (key, name) not in seen:
+                seen.add((key, name))
+                refs.append((key, name))
+                paths.append(sp.image_path(i))
+    return refs, paths
 
 
-def leakage_report(splits: dict[str, PrecompSplit], content_hash: bool = False) -> dict:
-    """Images shared between splits by file name, and byte-identical image files under different names.
-
-    Args:
-        splits: e.g. ``{"train": ..., "val": ..., "test": ...}``.
-        content_hash: also look for identical file contents (SHA-1 of every file whose size another file shares).
+def near_duplicates(splits: dict[str, PrecompSplit], spec: HashSpec) -> dict:
+    """Near-duplicates (``data.near_dups``) of every test image among the training-side images, and inside training.
 
     Returns:
-        ``{"by_name": {"a&b": [names]}, "same_content": [[[split, name], ...], ...], "n_same_name": int,
-        "n_same_content": int, "n_same_content_test": int}``: ``by_name`` has one entry per pair of splits that
-        share a name; ``same_content`` lists the groups of identical files under different names (within or across
-        splits); ``n_same_content`` counts the extra copies (a group of k files counts k - 1) and
-        ``n_same_content_test`` the groups that hold a test image and a train or val image.
+        ``{"test_near_dups": [[[split, name], [test split, name], distance], ...], "near_test": [[split, name], ...],
+        "train_near_dups": [[[split, name], ...], ...], "n_near_test", "n_train_near_dups", "n_hashed"}``:
+        ``near_test`` are the training-side images within the threshold of some test image (sorted),
+        ``test_near_dups`` pairs each with its nearest test image (the first of equals) and the distance; ``train_near_dups``
+        the groups of training-side images linked by near-duplicate pairs; ``n_train_near_dups`` counts their extra
+        copies (a group of k counts k - 1).
+    """
+    train_keys = [k for k in splits if not _is_test(k)]
+    test_keys = [k for k in splits if _is_test(k)]
+    tr_refs, tr_paths = _refs(splits, train_keys)
+    te_refs, te_paths = _refs(splits, test_keys)
+    hashes = image_hashes(tr_paths + te_paths, spec) if tr_refs else np.zeros((0, 1), np.uint64)  # no training side
+    tr_h, te_h = hashes[:len(tr_refs)], hashes[len(tr_refs):]
+    best, arg = nearest(tr_h, te_h)
+    cross = sorted((tr_refs[i], te_refs[int(arg[i])], int(best[i])) for i in np.flatnonzero(best <= spec.threshold))
+    inside = near_groups(tr_h, spec.threshold)
+    return {"test_near_dups": [[list(tr), list(te), d] for tr, te, d in cross],
+            "near_test": [list(tr) for tr, _, _ in cross], "n_near_test": len(cross),
+            "train_near_dups": [[list(tr_refs[i]) for i in g] for g in inside],
+            "n_train_near_dups": sum(len(g) - 1 for g in inside), "n_hashed": len(hashes)}
+
+
+def leakage_report(splits: dict[str, PrecompSplit], near_dup: HashSpec | None = None) -> dict:
+    """Images shared between splits by file name, and (with ``near_dup``) near-duplicate images by perceptual hash.
+
+    Args:
+        splits: e.g. ``{"train": ..., "val": ..., "test": ...}``; keys ``test`` and ``test/<member>`` are test sets,
+            every other key is training side.
+        near_dup: the hash and threshold of the content check (:func:`near_duplicates`); None: names only.
+
+    Returns:
+        ``{"by_name": {"a&b": [names]}, "n_same_name": int}`` (one ``by_name`` entry per pair of splits that share a
+        name), with ``near_dup`` also ``"near_dup": spec`` and the keys of :func:`near_duplicates`.
     """
     by_name: dict[str, list[str]] = {}
     for a, b in combinations(splits, 2):
         shared = sorted(set(splits[a].filenames) & set(splits[b].filenames))
         if shared:
             by_name[f"{a}&{b}"] = shared
-    groups = _same_content_groups(splits) if content_hash else []
-    cross_test = [g for g in groups if {k for k, _ in g} & {"test"} and {k for k, _ in g} - {"test"}]
-    return {"by_name": by_name, "same_content": [[list(x) for x in g] for g in groups],
-            "n_same_name": sum(map(len, by_name.values())), "n_same_content": sum(len(g) - 1 for g in groups),
-            "n_same_content_test": len(cross_test)}
+    out: dict = {"by_name": by_name, "n_same_name": sum(map(len, by_name.values()))}
+    if near_dup is not None:
+        out.update(near_dup=near_dup.describe(), **near_duplicates(splits, near_dup))
+    return out
 
 
-def check_leakage(splits: dict[str, PrecompSplit], content_hash: bool = True, where: str = "",
-                  n_listed: int = 5) -> dict:
-    """:func:`leakage_report`, and stop when a test image's file name is also a train or validation image.
+def _show(refs: Sequence[Sequence[str]]) -> str:
+    return ", ".join(f"{k}:{n}" for k, n in refs)
 
-    Identical contents under different names are only reported (logged with their count and a few examples):
-    some benchmarks hold such copies (UCM: ``102.jpg`` = ``103.jpg``, both train), and the images are the dataset's.
+
+def check_leakage(splits: dict[str, PrecompSplit], near_dup: HashSpec | None = HashSpec(), where: str = "",
+                  n_listed: int = 5, remove: bool = True) -> dict:
+    """:func:`leakage_report`, and stop when a test image's file name is also a training-side image.
+
+    Near-duplicates are logged: those of test images with their names (``remove``: the caller, ``data.build``,
+    drops them from training; the report's ``removed`` lists them, else it is empty), those inside training with
+    their count and a few groups (some benchmarks hold copies: UCM ``102.jpg`` = ``103.jpg``, both train).
+
+    Returns:
+        the report, with ``action`` (remove | report), ``removed`` and ``n_removed`` added.
 
     Raises:
         ConfigError: a test file name is in train or val; the message names the first ``n_listed``.
     """
-    rep = leakage_report(splits, content_hash)
-    leaked = sorted({n for pair, names in rep["by_name"].items() if "test" in pair.split("&") for n in names})
+    rep = leakage_report(splits)  # names first: a shared name stops the run before any image is hashed
+    leaked = sorted({n for pair, names in rep["by_name"].items() if any(map(_is_test, pair.split("&")))
+                     for n in names})
     if leaked:
         raise ConfigError(f"{len(leaked)} test image(s) are also train/val images{where}: "
                           f"{', '.join(leaked[:n_listed])}{', ...' if len(leaked) > n_listed else ''}; the test "
                           "split must not share images with the training file (fix the filename lists)")
     if rep["n_same_name"]:
         log.warning("leakage check: %s share file names", {k: len(v) for k, v in rep["by_name"].items()})
-    if content_hash:
-        groups = rep["same_content"]
-        show = "; ".join(" = ".join(f"{k}:{n}" for k, n in g) for g in groups[:3])
-        log_fn = log.warning if rep["n_same_content_test"] else log.info
-        log_fn("leakage check: no test image name is in train/val; %d identical image file(s) under other names "
-               "(%d group(s) with a test image and a train/val image)%s", rep["n_same_content"],
-               rep["n_same_content_test"], f", e.g. {show}" if groups else "")
+    if near_dup is None:
+        return rep
+    rep.update(near_dup=near_dup.describe(), **near_duplicates(splits, near_dup))
+    rep.update(action="remove" if remove else "report", removed=rep["near_test"] if remove else [])
+    rep["n_removed"] = len(rep["removed"])
+    spec = f"{near_dup.kind} {near_dup.bits} bits, Hamming distance <= {near_dup.threshold}"
+    names = rep["near_test"]
+    shown = f": {_show(names[:_LOGGED])}{f', ... (all {len(names)} in test.json)' if len(names) > _LOGGED else ''}"
+    (log.warning if names else log.info)(
+        "leakage check (%s, %d images): no test image name is in train/val; %d training image(s) are near-duplicates "
+        "of a test image%s%s", spec, rep["n_hashed"], len(names),
+        (" and are removed from training" if remove else " (data.near_dup_action: report, so they stay in training)")
+        if names else "", shown if names else "")
+    groups = rep["train_near_dups"]
+    log.info("leakage check: %d near-duplicate copies inside training (%d group(s))%s", rep["n_train_near_dups"],
+             len(groups), f", e.g. {'; '.join(' = '.join(f'{k}:{n}' for k, n in g) for g in groups[:3])}"
+             if groups else "")
     return rep

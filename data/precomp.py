@@ -60,6 +60,8 @@ class PrecompSplit:
         img2txt: caption indices of each image.
         scenes: scene of each image (``noneclass`` when the name carries none).
         image_dir: folder the image files are read from.
+        paths: the file of each image when the images lie in several folders (a union of datasets, whose names
+            are ``<member>/<name>``: ``data/union.py``); None: ``image_dir / filename``.
     """
 
     folder: Path
@@ -71,6 +73,7 @@ class PrecompSplit:
     scenes: list[str]
     image_dir: Path
     meta: dict = field(default_factory=dict)
+    paths: list[Path] | None = None
 
     @property
     def n_images(self) -> int:
@@ -82,7 +85,7 @@ class PrecompSplit:
 
     def image_path(self, i: int) -> Path:
         """Path of image ``i``."""
-        return self.image_dir / self.filenames[i]
+        return self.paths[i] if self.paths is not None else self.image_dir / self.filenames[i]
 
     def subset(self, image_indices: Sequence[int], split: str) -> "PrecompSplit":
         """A new split with the given images (in the given order) and all of their captions.
@@ -101,8 +104,9 @@ class PrecompSplit:
                 txt2img.append(new_i)
             img2txt.append(group)
         scenes = [self.scenes[i] for i in image_indices]
+        paths = [self.paths[i] for i in image_indices] if self.paths is not None else None
         return PrecompSplit(self.folder, split, filenames, captions, txt2img, img2txt, scenes, self.image_dir,
-                            dict(self.meta, parent=self.split))
+                            dict(self.meta, parent=self.split), paths)
 
 
 def read_lines(path: Path, encoding: str = "utf-8") -> list[str]:

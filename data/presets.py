@@ -42,6 +42,10 @@ class Preset:
         splits: the caption splits the release ships.
         generated: the folder is generated on first use (the demo set).
         scene: filename -> scene, for benchmarks whose names do not carry it (None: the filename prefix).
+        near_dup_action: what ``data.near_dup_action: auto`` does with training images that are near-duplicates of
+            test images (``data/folds.py``): remove them (every real benchmark), or only report them (the generated
+            demo set, whose images are drawn from a few shape templates on noisy ground: near-duplicates across its
+            splits are there by construction).
     """
 
     stem: str
@@ -50,6 +54,7 @@ class Preset:
     splits: tuple[str, ...] = ("train", "test")
     generated: bool = False
     scene: Callable[[str], str] | None = None
+    near_dup_action: str = "remove"
 
 
 # ------------------------------------------------------------------------------------------ UCM image numbering
@@ -73,7 +78,7 @@ for _name, _preset in {
     "ucm": Preset("ucm", ext=".tif", scene=ucm_scene),
     "sydney": Preset("sydney", ext=".tif"),
     "nwpu": Preset("nwpu", ext=".jpg"),  # KAMCL's NWPU-Captions release: test split only
-    "demo": Preset("demo", ext=".png", generated=True),
+    "demo": Preset("demo", ext=".png", generated=True, near_dup_action="report"),
 }.items():
     DATASETS.register(_name)(_preset)
 
@@ -99,6 +104,7 @@ def get_preset(cfg: DataCfg) -> Preset:
         splits=base.splits,
         generated=base.generated and not cfg.name,
         scene=base.scene,
+        near_dup_action=base.near_dup_action,
     )
 
 

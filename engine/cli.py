@@ -262,10 +262,16 @@ def evaluate_checkpoint(cfg: Config, state: dict | None, tokenizer_state: dict |
         model.load_extra_state(state.get("extra", {}))
     model.eval()
     kw = rerank_for_test(cfg, model, bundle, rerank, device) if rerank != "none" else {}  # as train.py's test
-    metrics, sim = evaluate_split(cfg, model, bundle, args.split, device, rerank, kw)
-    if rerank != "none":
-        metrics["rerank"] = {"name": rerank, **kw}
-    return metrics, sim
+    names = list(bundle.test_splits()) if args.split == "test" else [args.split]
+    rows, sim = {}, None
+    for name in names:  # a union: every member's test set (test/<member>)
+        metrics, sim = evaluate_split(cfg, model, bundle, name, device, rerank, kw)
+        if rerank != "none":
+            metrics["rerank"] = {"name": rerank, **kw}
+        rows[name.split("/", 1)[-1]] = metrics
+    if names == [args.split]:
+        return rows[args.split], sim
+    return {"test_sets": rows}, sim
 
 
 def test_command(args: argparse.Namespace) -> int:
@@ -287,15 +293,21 @@ def test_command(args: argparse.Namespace) -> int:
 
         from engine.runner import format_metrics
 
+        if args.save_sims and cfg.data.datasets and args.split == "test":
+            raise ConfigError(f"--save-sims: {path} was trained on a union (data.datasets: "
+                              f"{', '.join(cfg.data.datasets)}) and has one test set per member; it saves one matrix")
         with torch.no_grad():
             metrics, sim = evaluate_checkpoint(cfg, ckpt, tok, fold, args, path or "")
         metrics.update(method=cfg.model.name, checkpoint=path or f"zero-shot:{cfg.source}")
-        print(f"{metrics['checkpoint']}: {format_metrics(metrics)}")
+        for label, m in metrics.get("test_sets", {"": metrics}).items():
+            print(f"{metrics['checkpoint']}{f' [{label}]' if label else ''}: {format_metrics(m)}")
         rows.append(metrics)
         if args.save_sims and i == len(paths) - 1:
             write_output(args.save_sims, lambda p: np.save(p, sim.numpy()), "--save-sims")
     out = rows[0]
-    if len(rows) > 1:
+    if len(rows) > 1 and "test_sets" in rows[0]:
+        out = union_folds(rows, args.run_dir)
+    elif len(rows) > 1:
         from engine.summary import mean_std
 
         mean, std = mean_std(rows)
@@ -305,6 +317,21 @@ def test_command(args: argparse.Namespace) -> int:
     if args.json:
         write_output(args.json, lambda p: p.write_text(json.dumps(out, indent=2)), "--json")
     return 0
+
+
+def union_folds(rows: list[dict], run_dir: str) -> dict:
+    """``test.py --run-dir`` over the folds of a union run: per member test set, mean +- std and the fold rows."""
+    from engine.runner import format_metrics
+    from engine.summary import mean_std
+
+    sets = {}
+    for label in rows[0]["test_sets"]:
+        folds = [r["test_sets"][label] for r in rows]
+        mean, std = mean_std(folds)
+        sets[label] = {**mean, "std": std, "folds": folds, "n_images": folds[0]["n_images"],
+                       "n_captions": folds[0]["n_captions"]}
+        print(f"mean over {len(rows)} folds [{label}]: {format_metrics(mean)}")
+    return {"test_sets": sets, "method": rows[0]["method"], "checkpoint": run_dir}
 
 
 __all__ = ["TEST_TIME_KEYS", "Interrupted", "config_names", "resolve_config_path", "split_test_overrides",

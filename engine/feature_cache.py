@@ -80,7 +80,8 @@ def cache_folder(cfg: Config) -> Path | None:
 
 
 def _splits(bundle: DataBundle) -> list[tuple[str, PrecompSplit]]:
-    return [(n, getattr(bundle, n)) for n in SPLITS if getattr(bundle, n, None) is not None]
+    out = [(n, getattr(bundle, n)) for n in ("train", "val") if getattr(bundle, n, None) is not None]
+    return out + list(bundle.test_splits().items())
 
 
 def _image_store(prefix: Any, bundle: DataBundle, cfg: Config, device: torch.device) -> FeatureStore:

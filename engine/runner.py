@@ -160,9 +160,10 @@ def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
 
 def evaluate_split(cfg: Config, model: nn.Module, bundle: DataBundle, split: str, device: torch.device,
                    rerank: str = "none", rerank_kw: dict | None = None) -> tuple[dict, torch.Tensor]:
-    """Metrics of one split of ``bundle`` (``val`` or ``test``), encoded under ``eval.amp`` (fp32 by default, never
-    ``train.amp``: validation and test numbers must not depend on the training precision)."""
-    data = getattr(bundle, split)
+    """Metrics of one split of ``bundle`` (``val``, ``test`` or a union's ``test/<member>``), encoded under
+    ``eval.amp`` (fp32 by default, never ``train.amp``: validation and test numbers must not depend on the training
+    precision)."""
+    data = bundle.split(split)
     pixels = not image_rows_cover(model, data) or bool(cfg.eval.recipe)
     img_loader, txt_loader = eval_loaders(data, bundle, cfg.data, cfg.eval.recipe, pixels=pixels)
     names = {n: i for i, n in enumerate(bundle.scene_names)}
@@ -201,12 +202,15 @@ def fit(cfg: Config, fold: int, run_dir: Path, device: torch.device, resume: dic
         save_config(cfg, run_dir / "config.yaml")
         with open(run_dir / "config.yaml", "a") as f:  # comments: the file still loads as the run's config
             f.write(facts_comment(facts))
-    log.info("fold %d: %d train images / %d captions, %d val images, %d steps per epoch, %d epochs", fold,
-             len(parts.bundle.train.filenames), len(parts.bundle.train.captions),
+    tr = parts.bundle.train
+    log.info("fold %d: %s, %d val images, %d steps per epoch, %d epochs", fold,
+             f"{len(tr.filenames)} train images / {len(tr.captions)} captions" if tr is not None
+             else f"training pairs streamed from {cfg.data.shards}",
              len(parts.bundle.val.filenames) if parts.bundle.val else 0, len(parts.loader), cfg.train.epochs)
     for epoch in range(start, cfg.train.epochs):
-        if hasattr(parts.loader.sampler, "set_epoch"):
-            parts.loader.sampler.set_epoch(epoch)
+        for order in (parts.loader.sampler, parts.loader.dataset):  # in-memory: the sampler; streamed: the dataset
+            if hasattr(order, "set_epoch"):
+                order.set_epoch(epoch)
         stats = train_one_epoch(model, parts.criterion, parts.loader, parts.optimizer, parts.scheduler, parts.scaler,
                                 epoch, device, amp=cfg.train.amp, grad_clip=cfg.optim.grad_clip,
                                 log_every=cfg.train.log_every, log_every_s=cfg.train.log_every_s)
@@ -289,21 +293,37 @@ def _validate(cfg: Config, parts: Parts, model: nn.Module, stats: dict, epoch: i
 
 def _final_test(cfg: Config, parts: Parts, run_dir: Path, device: torch.device, writer: MetricWriter,
                 step: int, facts: dict) -> dict:
+    """Test ``best.pth`` once on every test set and write ``test.json``: the metrics of the test split, or for a
+    union ``{"test_sets": {member: metrics}}`` (one row per member's own test split), with the run's facts."""
     ckpt = load_checkpoint(run_dir / "best.pth", method=cfg.model.name)
     parts.model.load_state_dict(ckpt["model"])
     parts.model.load_extra_state(ckpt.get("extra", {}))
     rerank = cfg.eval.rerank
     kw = rerank_for_test(cfg, parts.model, parts.bundle, rerank, device) if rerank != "none" else {}
-    metrics, sim = evaluate_split(cfg, parts.model, parts.bundle, "test", device, rerank, kw)
-    if rerank != "none":  # as test.py --rerank: reranked metrics, the rerank named; the plain ones kept beside
-        plain = metrics_with_rerank(sim, torch.tensor(parts.bundle.test.txt2img))
-        metrics.update(rerank={"name": rerank, **kw}, no_rerank=plain)
-        log.info("test without rerank: %s", format_metrics(plain))
+    sets = parts.bundle.test_splits()
+    per = {name: _test_set(cfg, parts, name, device, rerank, kw) for name in sets}
+    if list(sets) == ["test"]:
+        metrics, rows = per["test"], {"test": per["test"]}
+    else:
+        rows = {name.split("/", 1)[1]: m for name, m in per.items()}
+        metrics = {"test_sets": rows}
     metrics.update(best_epoch=ckpt.get("best_epoch", ckpt["epoch"]), method=cfg.model.name,
                    checkpoint=str(run_dir / "best.pth"), **facts)
     (run_dir / "test.json").write_text(json.dumps(metrics, indent=2))
-    writer.write(step, {f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-    log.info("test (best epoch %s): %s", metrics["best_epoch"], format_metrics(metrics))
+    for label, m in rows.items():
+        prefix = "test" if label == "test" else f"test/{label}"
+        writer.write(step, {f"{prefix}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
+        log.info("%s (best epoch %s): %s", prefix, metrics["best_epoch"], format_metrics(m))
+    return metrics
+
+
+def _test_set(cfg: Config, parts: Parts, name: str, device: torch.device, rerank: str, kw: dict) -> dict:
+    """Metrics of one test set; reranked ones with the plain ones beside (as test.py --rerank)."""
+    metrics, sim = evaluate_split(cfg, parts.model, parts.bundle, name, device, rerank, kw)
+    if rerank != "none":
+        plain = metrics_with_rerank(sim, torch.tensor(parts.bundle.split(name).txt2img))
+        metrics.update(rerank={"name": rerank, **kw}, no_rerank=plain)
+        log.info("%s without rerank: %s", name, format_metrics(plain))
     return metrics
 
 
@@ -329,14 +349,15 @@ def data_facts(bundle: DataBundle) -> dict:
 
     Returns:
         ``{"vocab": {tokenizer, source, n_words[, n_test_only, test_only_examples]}, "leakage": {n_same_name,
-        n_same_content, n_same_content_test, same_content_examples}}`` (see data.tokenize.vocab_report and
-        data.folds.leakage_report).
+        near_dup, action, n_near_test, n_removed, removed, test_near_dups, n_train_near_dups, train_near_dups}}`` (see
+        data.tokenize.vocab_report and data.folds.leakage_report: ``removed`` names every training image dropped as a
+        near-duplicate of a test image, ``test_near_dups`` each such pair with its distance).
     """
     leak = bundle.leakage
+    keys = ("near_dup", "action", "n_near_test", "n_removed", "removed", "test_near_dups", "n_train_near_dups",
+            "train_near_dups")
     return {"vocab": dict(bundle.vocab),
-            "leakage": {"n_same_name": leak.get("n_same_name", 0), "n_same_content": leak.get("n_same_content", 0),
-                        "n_same_content_test": leak.get("n_same_content_test", 0),
-                        "same_content_examples": leak.get("same_content", [])[:5]}}
+            "leakage": {"n_same_name": leak.get("n_same_name", 0), **{k: leak[k] for k in keys if k in leak}}}
 
 
 def facts_comment(facts: dict) -> str:
@@ -344,9 +365,12 @@ def facts_comment(facts: dict) -> str:
     v, leak = facts["vocab"], facts["leakage"]
     test_only = (f"; {v['n_from_test']} of them only thanks to test captions, {v['n_test_only']} in no training "
                  f"caption" if "n_from_test" in v else "")
+    spec = leak.get("near_dup", {})
     return (f"# vocabulary used: {v.get('tokenizer')} {v.get('source', '')} ({v.get('n_words')} words{test_only})\n"
-            f"# leakage check: {leak['n_same_name']} shared file names, {leak['n_same_content']} identical image "
-            f"file(s) under other names ({leak['n_same_content_test']} group(s) across test and train/val)\n")
+            f"# leakage check: {leak['n_same_name']} shared file names; {spec.get('hash', '?')} {spec.get('bits', '?')}"
+            f" bits, distance <= {spec.get('threshold', '?')}: {leak.get('n_near_test', 0)} training image(s) near a test "
+            f"image, {leak.get('n_removed', 0)} removed (near_dup_action {leak.get('action', '?')}); "
+            f"{leak.get('n_train_near_dups', 0)} near-duplicate copies inside training\n")
 
 
 def format_metrics(m: dict) -> str:

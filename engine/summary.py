@@ -26,6 +26,12 @@ def summary_markdown(summary: dict) -> str:
                    for r in summary["folds"])
     mean = "| mean | " + " | ".join(f"{summary['mean'].get(k, float('nan')):.2f}" for k in COLUMNS) + " |\n"
     std = "| std | " + " | ".join(f"{summary['std'].get(k, float('nan')):.2f}" for k in COLUMNS) + " |\n"
+    return (f"# {summary['experiment']} ({summary['method']} on {summary['dataset']})\n\n" + head + rows + mean + std
+            + summary_notes(summary))
+
+
+def summary_notes(summary: dict) -> str:
+    """The vocabulary and leakage notes under the table(s)."""
     notes = ""
     for v in summary.get("vocab", [])[:1]:
         extra = (f"; {v['n_from_test']} of them only thanks to test captions ({v['n_test_only']} in no training "
@@ -33,17 +39,22 @@ def summary_markdown(summary: dict) -> str:
         notes += f"\nVocabulary (fold 0): {v.get('source', '?')}, {v.get('n_words', '?')} words{extra}.\n"
     if "leakage" in summary:
         leak = summary["leakage"]
-        notes += (f"\nLeakage check: no test image name in train/val; {leak['n_same_content']} identical image file(s) "
-                  f"under other names ({leak['n_same_content_test']} across test and train/val).\n")
-    return (f"# {summary['experiment']} ({summary['method']} on {summary['dataset']})\n\n" + head + rows + mean + std
-            + notes)
+        spec = leak.get("near_dup", {})
+        removed = ", ".join(f"{k}:{n}" for k, n in leak.get("removed", [])[:10])
+        notes += (f"\nLeakage check: no test image name in train/val; {spec.get('hash', '?')} {spec.get('bits', '?')} "
+                  f"bits, distance <= {spec.get('threshold', '?')}: {leak.get('n_near_test', 0)} training image(s) "
+                  f"near a test image, {leak.get('n_removed', 0)} removed{': ' + removed if removed else ''}"
+                  f"{', ...' if leak.get('n_removed', 0) > 10 else ''}; {leak.get('n_train_near_dups', 0)} "
+                  "near-duplicate copies inside training.\n")
+    return notes
 
 
 def build_summary(experiment: str, method: str, dataset: str, fold_rows: list[dict[str, Any]]) -> dict:
     """The summary dict (the format scripts/results_table.py reads).
 
     Besides the metrics, ``vocab`` (one entry per fold: which vocabulary, how many of its words come from the test
-    captions) and ``leakage`` (the data check, the same for every fold: identical image files under other names)
+    captions) and ``leakage`` (the data check of fold 0: removed near-duplicates of test images, near-duplicates
+    inside training; the names are the same for every fold, only their train/val label follows the fold)
     come from the fold rows when they carry them.
     """
     mean, std = mean_std(fold_rows)
@@ -56,12 +67,48 @@ def build_summary(experiment: str, method: str, dataset: str, fold_rows: list[di
     return out
 
 
-def write_summary(root: Path, cfg: Config, results: list[dict]) -> dict:
-    """Write ``root/summary.json`` and ``root/summary.md`` from :func:`engine.runner.fit` results."""
-    rows = [{"fold": r["fold"], "best_epoch": r["best_epoch"], "best_val": r["best_val"],
-             **{k: v for k, v in r["test"].items() if isinstance(v, (int, float))},
+def _fold_rows(results: list[dict], test: dict | None = None) -> list[dict]:
+    """One summary row per fold: its test metrics (``test`` picks them from each result) and the run's facts."""
+    pick = test or {}
+    return [{"fold": r["fold"], "best_epoch": r["best_epoch"], "best_val": r["best_val"],
+             **{k: v for k, v in pick.get(r["fold"], r["test"]).items() if isinstance(v, (int, float))},
              **{k: r[k] for k in ("vocab", "leakage") if k in r}} for r in results]
-    summary = build_summary(root.name, cfg.model.name, cfg.data.dataset, rows)
+
+
+def union_summary(experiment: str, method: str, results: list[dict]) -> dict:
+    """The summary of a union run (``data.datasets``): ``test_sets`` holds, per member, the fold rows and mean +- std
+    of that member's own test split (the format of :func:`build_summary` each)."""
+    labels = list(results[0]["test"]["test_sets"])
+    sets = {}
+    for label in labels:
+        rows = _fold_rows(results, {r["fold"]: r["test"]["test_sets"][label] for r in results})
+        one = build_summary(experiment, method, label, rows)
+        sets[label] = {k: one[k] for k in ("n_folds", "folds", "mean", "std")}
+    whole = build_summary(experiment, method, "+".join(labels), _fold_rows(results, {r["fold"]: {} for r in results}))
+    out = {k: whole[k] for k in ("experiment", "method", "dataset", "n_folds")}
+    out.update(datasets=labels, test_sets=sets, **{k: whole[k] for k in ("vocab", "leakage") if k in whole})
+    return out
+
+
+def union_markdown(summary: dict) -> str:
+    """One table per member's test set, then the notes (vocabulary, leakage) once."""
+    parts = []
+    for label, one in summary["test_sets"].items():
+        text = summary_markdown({**one, "experiment": summary["experiment"], "method": summary["method"],
+                                 "dataset": f"{label} test set, trained on {summary['dataset']}"})
+        parts.append(text)
+    return "\n".join(parts) + summary_notes(summary)
+
+
+def write_summary(root: Path, cfg: Config, results: list[dict]) -> dict:
+    """Write ``root/summary.json`` and ``root/summary.md`` from :func:`engine.runner.fit` results (a union run:
+    :func:`union_summary`, one block per member's test set)."""
+    if results and "test_sets" in results[0]["test"]:
+        summary = union_summary(root.name, cfg.model.name, results)
+        md = union_markdown(summary)
+    else:
+        summary = build_summary(root.name, cfg.model.name, cfg.data.dataset, _fold_rows(results))
+        md = summary_markdown(summary)
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
-    (root / "summary.md").write_text(summary_markdown(summary))
+    (root / "summary.md").write_text(md)
     return summary

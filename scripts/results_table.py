@@ -10,7 +10,8 @@ columns R@1/5/10 image->text and text->image and mR, as mean +- sample std over 
 
 Rerank: a fold record whose ``rerank`` entry holds metrics (``{"mR": ..., ...}``) adds a reranked row; a record
 whose ``rerank`` entry only names the method (``{"name": "galr", "k": ...}``, as ``test.py --rerank`` writes) is
-itself reranked. ``--dataset`` keeps only that dataset's runs (``run_<dataset>.sh`` passes it). ``--plot FILE``
+itself reranked. A union run (``data.datasets``; ``test_sets`` in its files) gives one row per member's test set,
+its dataset that member. ``--dataset`` keeps only that dataset's runs (``run_<dataset>.sh`` passes it). ``--plot FILE``
 also writes a PNG of validation mR per epoch of every kept run (one line per fold, one colour per method) from the
 runs' ``fold<k>/metrics.jsonl``. Exit code 2 with one line on bad input.
 """
@@ -99,6 +100,9 @@ def load_runs(files: list[Path]) -> list[dict]:
     runs = []
     for f in files:
         data = _read_json(f)
+        if isinstance(data.get("test_sets"), dict):  # a union run: one row per member's test set
+            runs += _union_runs(f, data)
+            continue
         if f.name == "summary.json" or "folds" in data:  # test.py --run-dir --json files carry folds too
             folds = data.get("folds")
             if not isinstance(folds, list) or not folds:
@@ -124,6 +128,29 @@ def load_runs(files: list[Path]) -> list[dict]:
                          "folds": recs, "source": str(f)})
     runs.sort(key=lambda r: (r["dataset"], r["method"], r["experiment"], r["rerank"] != "off", r["rerank"]))
     return runs
+
+
+def _union_runs(f: Path, data: dict) -> list[dict]:
+    """Rows of a union run (``data.datasets``): per member test set, dataset ``<member>``, experiment marked with the
+    union it was trained on (summary.json: ``test_sets.<member>.folds``; test.json: ``test_sets.<member>``)."""
+    out = []
+    experiment = data.get("experiment", f.parent.parent.name if f.name == "test.json" else f.parent.name)
+    union = "+".join(data["test_sets"])
+    for label, block in data["test_sets"].items():
+        folds = block.get("folds", [block]) if isinstance(block, dict) else None
+        if not isinstance(folds, list) or not folds:
+            raise TableError(f"{f}: test_sets.{label} holds no metrics")
+        by_rerank: dict[str, list[dict]] = {}
+        for rec in folds:
+            for rr, metrics in _split_rerank(rec).items():
+                by_rerank.setdefault(rr, []).append(metrics)
+        for rr, recs in by_rerank.items():
+            missing = [k for k in KEYS if any(k not in r for r in recs)]
+            if missing:
+                raise TableError(f"{f}: test_sets.{label} lacks {', '.join(missing)}")
+            out.append({"experiment": f"{experiment} (trained on {union})", "method": data.get("method", "?"),
+                        "dataset": label, "rerank": rr, "folds": recs, "source": str(f)})
+    return out
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

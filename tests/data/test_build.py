@@ -217,9 +217,12 @@ def test_fixed_protocol_on_real_names_with_max_images(shared_data, tmp_path):
     for n in names:
         (folder / "images" / n).write_bytes(data)
     state = {"kind": "vocab", "words": ["<unk>"]}
-    cfg = DataCfg(dataset="rsitmd", root=str(root), protocol="fixed",
+    # one placeholder file under every name: every image is a near-duplicate of every other, so only report them
+    cfg = DataCfg(dataset="rsitmd", root=str(root), protocol="fixed", near_dup_action="report",
                   split_dir=str(shared_data / "splits" / "rsitmd_fixed"))
     b = build_data(cfg, tokenizer_state=state, run_dir=tmp_path / "run")
+    assert b.leakage["n_near_test"] == 3435 + 856 and b.leakage["n_removed"] == 0
+    assert len(b.leakage["train_near_dups"]) == 1 and b.leakage["n_train_near_dups"] == 3435 + 856 - 1
     assert (b.train.n_images, b.val.n_images, b.test.n_images) == (3435, 856, 452)
     assert b.train.n_captions + b.val.n_captions == 21455 and len(b.scene_names) == 34
     small = build_data(dataclasses.replace(cfg, max_images=100), tokenizer_state=state)
@@ -240,12 +243,22 @@ def test_bundle_reports_vocabulary_and_leakage(root, tmp_path):
                   num_workers=0)
     with pytest.raises(ConfigError, match=r"1 test image\(s\) are also train/val images \(x.yaml\): trainx_3.png"):
         build_data(cfg, source="x.yaml")
-    # a renamed copy is counted, not refused
+    # a renamed copy of a test image leaves training (the fold is drawn as before: the other images keep theirs)
     (d / "test_filename.txt").write_text("testx_0.png\ntestx_1.png\n")
+    before = build_data(dataclasses.replace(cfg, near_dup_action="report"))
+    assert before.leakage["action"] == "report" and before.leakage["removed"] == []
     (d / "images" / "testx_1.png").write_bytes((d / "images" / "trainx_2.png").read_bytes())
-    b = build_data(cfg)
-    assert b.leakage["n_same_content"] == 1 and b.leakage["n_same_content_test"] == 1
-    assert ["test", "testx_1.png"] in b.leakage["same_content"][0]
+    b = build_data(cfg, run_dir=tmp_path / "run")
+    split = "train" if "trainx_2.png" in before.train.filenames else "val"
+    assert b.leakage["test_near_dups"] == [[[split, "trainx_2.png"], ["test", "testx_1.png"], 0]]
+    assert b.leakage["removed"] == [[split, "trainx_2.png"]] and b.leakage["n_removed"] == 1
+    kept = [n for n in before.train.filenames + before.val.filenames if n != "trainx_2.png"]
+    assert b.train.filenames + b.val.filenames == kept
+    assert "trainx_2.png" not in (tmp_path / "run" / "splits" / f"{split}_filename_verify.txt").read_text()
+    # report only: the copy stays where the fold put it
+    r = build_data(dataclasses.replace(cfg, near_dup_action="report"))
+    assert r.leakage["n_near_test"] == 1 and r.leakage["n_removed"] == 0
+    assert r.train.filenames == before.train.filenames and r.val.filenames == before.val.filenames
 
 
 def test_model_context_is_the_core_contract_type(root):

@@ -125,32 +125,19 @@ def test_write_split_files_upstream_format(tmp_path):
 def _leak_splits(tmp_path):
     imgs = tmp_path / "images"
     imgs.mkdir()
-    for i in range(6):
-        (imgs / f"s_{i}.png").write_bytes(bytes([i]) * 10)
-    (imgs / "copy.png").write_bytes(bytes([1]) * 10)  # same bytes as s_1.png under another name
-    (imgs / "other.png").write_bytes(bytes([1]) * 9 + b"x")  # same size as s_1.png, other content
     base = _toy(6, scenes=("s",))
     base.image_dir = imgs
     return base.subset([0, 1, 2], "train"), base.subset([3, 4], "val"), base.subset([2, 5], "test")
 
 
-def test_leakage_report_by_name_and_content(tmp_path):
+def test_leakage_report_by_name(tmp_path):
     train, val, test = _leak_splits(tmp_path)
-    clean = leakage_report({"train": train, "val": val}, content_hash=True)
-    assert clean == {"by_name": {}, "same_content": [], "n_same_name": 0, "n_same_content": 0,
-                     "n_same_content_test": 0}
+    assert leakage_report({"train": train, "val": val}) == {"by_name": {}, "n_same_name": 0}
     rep = leakage_report({"train": train, "val": val, "test": test})  # s_2.png planted in train and test
-    assert rep["by_name"] == {"train&test": ["s_2.png"]} and rep["n_same_name"] == 1 and rep["same_content"] == []
-    test.filenames[0] = "copy.png"  # a renamed duplicate is only found by content
-    rep = leakage_report({"train": train, "val": val, "test": test}, content_hash=True)
-    assert rep["by_name"] == {}
-    assert rep["same_content"] == [[["test", "copy.png"], ["train", "s_1.png"]]]
-    assert rep["n_same_content"] == 1 and rep["n_same_content_test"] == 1
-    test.filenames[0] = "other.png"  # same size, different bytes: not a duplicate
-    assert leakage_report({"train": train, "test": test}, content_hash=True)["n_same_content"] == 0
+    assert rep == {"by_name": {"train&test": ["s_2.png"]}, "n_same_name": 1}
 
 
-def test_check_leakage_stops_on_a_test_name_in_train_or_val(tmp_path, caplog):
+def test_check_leakage_stops_on_a_test_name_in_train_or_val(tmp_path):
     train, val, test = _leak_splits(tmp_path)
     with pytest.raises(ConfigError, match=r"1 test image\(s\) are also train/val images \(x.yaml\): s_2.png;"):
         check_leakage({"train": train, "val": val, "test": test}, where=" (x.yaml)")
@@ -158,20 +145,23 @@ def test_check_leakage_stops_on_a_test_name_in_train_or_val(tmp_path, caplog):
     many.image_dir = tmp_path / "images"
     with pytest.raises(ConfigError, match=r"7 test image\(s\).*: s_0.png, s_1.png, s_2.png, s_3.png, s_4.png, \.\.\."):
         check_leakage({"val": many.subset(range(7), "val"), "test": many.subset(range(8), "test")})
-    test.filenames[0] = "copy.png"
-    with caplog.at_level("INFO", logger="data.folds"):
-        rep = check_leakage({"train": train, "val": val, "test": test})
-    assert rep["n_same_content_test"] == 1 and "1 identical image file(s)" in caplog.text
-    assert "test:copy.png = train:s_1.png" in caplog.text
+    # a union's test sets are keyed test/<member>: the same rule
+    with pytest.raises(ConfigError, match=r"1 test image\(s\) are also train/val images: s_2.png;"):
+        check_leakage({"train": train, "test/b": test}, near_dup=None)
 
 
-def test_ucm_leakage_facts(shared_data):
-    """The real UCM set (images under ../shared/data/ucm): no test name in train; one identical pair, in train."""
+def test_ucm_leakage_facts(shared_data, caplog):
+    """The real UCM set (images under ../shared/data/ucm) at the default hash and threshold: no test image name in
+    train, no training image near a test image; inside training one group, 102.jpg = 103.jpg (the same file twice)."""
     folder = shared_data / "ucm" / "ucm_precomp"
     if not (folder / "images").is_dir():
         pytest.skip("../shared/data/ucm is not available")
     train, test = (load_split(folder, s, check_images=False) for s in ("train", "test"))
-    rep = check_leakage({"train": train, "test": test})
-    assert (train.n_images, test.n_images, rep["n_same_name"]) == (1890, 210, 0)
-    assert rep["same_content"] == [[["train", "102.jpg"], ["train", "103.jpg"]]]
-    assert rep["n_same_content"] == 1 and rep["n_same_content_test"] == 0
+    with caplog.at_level("INFO", logger="data.folds"):
+        rep = check_leakage({"train": train, "test": test})
+    assert (train.n_images, test.n_images, rep["n_same_name"], rep["n_hashed"]) == (1890, 210, 0, 2100)
+    assert rep["near_dup"] == {"hash": "phash", "hash_size": 16, "bits": 256, "threshold": 64}
+    assert rep["test_near_dups"] == [] and rep["removed"] == [] and rep["n_removed"] == 0
+    assert rep["train_near_dups"] == [[["train", "102.jpg"], ["train", "103.jpg"]]] and rep["n_train_near_dups"] == 1
+    assert "0 training image(s) are near-duplicates of a test image" in caplog.text
+    assert "1 near-duplicate copies inside training (1 group(s)), e.g. train:102.jpg = train:103.jpg" in caplog.text
