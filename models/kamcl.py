@@ -36,6 +36,10 @@ Where rsitr differs from upstream:
   ``token_to_tag`` buffer carries the vocabulary).
 * Not kept: upstream's unused layers (``extract_feature.linear``, ``high_module.gpo``, the ResNet ``fc`` and the
   top-level ``mlp``/``im``/``tx`` heads); :meth:`KAMCL.convert_upstream` consumes and drops them.
+* ``backbone`` (default "": the ResNet of ``arch``) may name any timm model (:mod:`models.encoders.multiscale`;
+  ``f4`` gets a 1x1 adapter to ``embed_dim``, ``high_fc`` follows the widths), weights from ``backbone_weights``;
+  ``finetune_backbone: false`` freezes it, and the query and key encoders then share it (a feature-cache prefix,
+  left out of the momentum update). Not upstream.
 * The queue still holds earlier keys of the same image (false negatives), as upstream.
 * Under DDP every rank enqueues the keys of the whole global batch (all-gathered, as MoCo; upstream's KAMCL code
   enqueued per process) and DDP does not broadcast buffers for this model, so the queues are the same on every rank
@@ -60,8 +64,10 @@ from core.config import ModelCfg
 from core.dist import all_gather_with_grad
 from core.errors import ConfigError, DataError, MissingFileError
 from core.files import RequiredFile
-from models.base import ModelContext, RetrievalModel
-from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
+from models.base import FrozenPrefix, ModelContext, RetrievalModel
+from models.encoders.cnn import resnet_required_files
+from models.encoders.multiscale import (STAGES, StageAdapters, build_stage_backbone, is_resnet_name, pack_maps,
+                                        stage_features, stage_widths, timm_name, unpack_maps)
 from models.encoders.gpo import GPO
 from models.encoders.skipthoughts import UniSkip, skipthought_required_files, upstream_uniskip_keys
 from models.registry import MODELS
@@ -72,7 +78,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class KAMCLParams:
     arch: str = "resnet18"  # torchvision ResNet; layer4 width must equal embed_dim
-    backbone_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet ResNet weights
+    backbone: str = ""  # "" = the ResNet of ``arch``; else any timm model name (f4 gets a 1x1 adapter to embed_dim)
+    backbone_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet ResNet (or the timm backbone's) weights
+    finetune_backbone: bool = True  # paper: the ResNet trains; false freezes it (a feature-cache prefix)
     skipthought_dir: str = "pretrained/skipthoughts"  # dictionary.txt, utable.npy, uni_skip.npz
     tags_path: str = ""  # scripts/build_tags.py output (keyed by filename); "" = build from the training captions
     tag_vocab_path: str = "data/rsitmd_precomp/tags_label_th_1/tag_vocab_512.json"  # tag words (<= embed_dim)
@@ -93,28 +101,53 @@ def _mlp(dim: int) -> nn.Sequential:
 
 
 class VisualEncoder(nn.Module):
-    """KAMCL image encoder. Returns (v [B, D] incl. concept, c_v [B, D])."""
+    """KAMCL image encoder. Returns (v [B, D] incl. concept, c_v [B, D]).
+
+    The backbone is the paper's ResNet (``arch``) or a timm stage net (``backbone``,
+    :mod:`models.encoders.multiscale`): the heads are built for its widths, and ``f4``, whose positions become the
+    D-wide global feature, gets a 1x1 adapter (``adapt``) when its width is not D.
+    """
 
     def __init__(self, p: KAMCLParams, dim: int, pretrained: bool) -> None:
         super().__init__()
-        self.backbone = build_resnet(p.arch, pretrained, p.backbone_weights,
-                                     f"{p.arch} ImageNet weights (model.params.backbone_weights)")
-        self.backbone.fc = nn.Identity()  # the classifier never reaches an embedding
-        e = 4 if p.arch in ("resnet50", "resnet101") else 1
-        if 512 * e != dim:
-            raise ConfigError(f"kamcl: the global feature has {512 * e} channels ({p.arch} layer4) but embed_dim is "
-                             f"{dim}")
+        if p.backbone and is_resnet_name(p.backbone):
+            raise ConfigError(f"model.params.backbone: '{p.backbone}' is a torchvision ResNet; set model.params.arch "
+                              "for it and leave backbone '' (backbone is for timm models)")
+        self.finetune = p.finetune_backbone
+        self.backbone = build_stage_backbone(p.backbone or p.arch, pretrained, p.backbone_weights,
+                                             f"{p.arch} ImageNet weights (model.params.backbone_weights)",
+                                             "model.params.backbone_weights", p.image_size)
+        have = stage_widths(self.backbone)
+        if not p.backbone:
+            self.backbone.fc = nn.Identity()  # the classifier never reaches an embedding
+            if have["f4"] != dim:
+                raise ConfigError(f"kamcl: the global feature has {have['f4']} channels ({p.arch} layer4) but "
+                                  f"embed_dim is {dim}")
+        self.backbone.requires_grad_(self.finetune)
+        self.adapt = StageAdapters(have, {"f4": dim})
         self.gpo_global = GPO(p.gpo_dim, p.gpo_dim)
         self.low_gpo = GPO(p.gpo_dim, p.gpo_dim)
         self.low_fc = nn.Linear((p.image_size // 4) ** 2, dim)
-        self.high_fc = nn.Linear(768 * e, dim)
+        self.high_fc = nn.Linear(have["f3"] + dim, dim)  # ResNet-18: 256 + 512 = 768
         self.mlp = _mlp(dim)
         self.gpo = GPO(p.gpo_dim, p.gpo_dim)
         self.concept = nn.Linear(dim, dim)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: images [B, 3, S, S]. Returns: (v [B, D], c_v [B, D])."""
-        f = resnet_features(self.backbone, images)
+    def train(self, mode: bool = True) -> "VisualEncoder":
+        super().train(mode)
+        if not self.finetune:
+            self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics
+        return self
+
+    def stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """f1..f4 of the backbone, before the adapter (no graph through a frozen backbone)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):
+            f = stage_features(self.backbone, images)
+        return {s: f[s] for s in STAGES}
+
+    def head(self, feats: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: f1..f4 from :meth:`stages`. Returns: (v [B, D], c_v [B, D])."""
+        f = self.adapt(feats)
         glob = self.gpo_global(f["f4"].flatten(2).transpose(1, 2))  # GPO over the f4 positions
         lower = torch.cat([f["f1"], F.interpolate(f["f2"], scale_factor=2.0, mode="nearest")], dim=1)
         if lower.shape[-1] ** 2 != self.low_fc.in_features:
@@ -127,6 +160,10 @@ class VisualEncoder(nn.Module):
         v = self.gpo(torch.cat([self.mlp(t), t], dim=1))
         c = torch.sigmoid(self.concept(v))
         return v + c, c
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: images [B, 3, S, S]. Returns: (v [B, D], c_v [B, D])."""
+        return self.head(self.stages(images))
 
 
 class TextEncoder(nn.Module):
@@ -170,8 +207,12 @@ class KAMCL(RetrievalModel):
         """ResNet weights, the skip-thought release and the tag files (pretrained only)."""
         if not cfg.pretrained:
             return []
-        needs = resnet_required_files(params.backbone_weights, f"{params.arch} ImageNet weights, torchvision "
-                                      "resnet18-f37072fd.pth", "model.params.backbone_weights")
+        if params.backbone:
+            needs = [RequiredFile("model.params.backbone_weights", params.backbone_weights,
+                                  f"weights of timm backbone '{timm_name(params.backbone)}'")]
+        else:
+            needs = resnet_required_files(params.backbone_weights, f"{params.arch} ImageNet weights, torchvision "
+                                          "resnet18-f37072fd.pth", "model.params.backbone_weights")
         needs += skipthought_required_files(params.skipthought_dir)
         files = [("tags_path", "per-image tags")] if params.tags_path else []
         if params.tag_vocab_from == "file":
@@ -188,6 +229,11 @@ class KAMCL(RetrievalModel):
         self.text_q = TextEncoder(params, dim, ctx.vocab_words, cfg.pretrained,
                                   params.text_gpo_mask_pad and not cfg.upstream_compat)
         self.visual_k = copy.deepcopy(self.visual_q).requires_grad_(False)
+        if not params.finetune_backbone:  # one frozen backbone serves both encoders (its weights never move)
+            self.visual_k.backbone = self.visual_q.backbone
+        self._prefixes = {} if params.finetune_backbone else {
+            "image": FrozenPrefix([self.visual_q.backbone], self._stage_rows,
+                                  f"stages:{params.backbone or params.arch}:f1-f4")}
         self.text_k = copy.deepcopy(self.text_q).requires_grad_(False)
         for name in ("im", "tx"):
             self.register_buffer(f"queue_{name}", F.normalize(torch.randn(dim, params.queue_size), dim=0))
@@ -212,9 +258,25 @@ class KAMCL(RetrievalModel):
         tokens = batch["tokens"][:, :int(lengths.max())]
         return tokens, lengths, self.tag_multi_hot(tokens)
 
+    def frozen_prefixes(self) -> dict[str, FrozenPrefix]:
+        """With ``finetune_backbone: false``: the backbone's f1..f4 maps per image (shared by both encoders)."""
+        return self._prefixes
+
+    def _stage_rows(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            return pack_maps(self.visual_q.stages(batch["images"]), STAGES)
+
+    def _image_stages(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """f1..f4 from the feature cache when it holds every image of the batch, else from the backbone."""
+        store = self._prefixes["image"].store if self._prefixes else None
+        rows = store.get_alias(batch["filenames"]) if store is not None and "filenames" in batch else None
+        if rows is not None:
+            return unpack_maps(rows.to(self.queue_im.device), STAGES)
+        return self.visual_q.stages(batch["images"])
+
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Args: batch["images"] [N, 3, S, S]. Returns: [N, D] (query encoder)."""
-        return self.visual_q(batch["images"])[0]
+        return self.visual_q.head(self._image_stages(batch))[0]
 
     def encode_text(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Args: batch["tokens"] [M, L], batch["lengths"] [M]. Returns: [M, D] (query encoder)."""
@@ -225,7 +287,8 @@ class KAMCL(RetrievalModel):
         """Training outputs: img_emb, txt_emb, concept_img, concept_txt [B, D]; in training mode also
         logits_img, logits_txt [B, 1 + K] (already / T) and tag_target [B, D]; the keys are then enqueued."""
         text = self._text_inputs(batch)
-        v, cv = self.visual_q(batch["images"])
+        feats = None if self.p.finetune_backbone else self._image_stages(batch)
+        v, cv = self.visual_q(batch["images"]) if feats is None else self.visual_q.head(feats)
         t, ct = self.text_q(*text)
         out = {"img_emb": v, "txt_emb": t, "concept_img": cv, "concept_txt": ct}
         if not self.training:
@@ -233,7 +296,8 @@ class KAMCL(RetrievalModel):
         out["tag_target"] = self.tag_target(batch["filenames"]).to(v.device)
         dtype = self.queue_tx.dtype  # logits in the queues' precision (float32 under bf16 autocast)
         with torch.no_grad():
-            vk = F.normalize(self.visual_k(batch["images"])[0].to(dtype), dim=-1)
+            vk = self.visual_k(batch["images"])[0] if feats is None else self.visual_k.head(feats)[0]
+            vk = F.normalize(vk.to(dtype), dim=-1)
             tk = F.normalize(self.text_k(*text)[0].to(dtype), dim=-1)
         vq, tq = F.normalize(v.to(dtype), dim=-1), F.normalize(t.to(dtype), dim=-1)
         temp = self.p.temperature
@@ -262,10 +326,12 @@ class KAMCL(RetrievalModel):
 
     @torch.no_grad()
     def on_train_step_start(self) -> None:
-        """Momentum update of the key encoders: θ_k <- m θ_k + (1 - m) θ_q (parameters only, as upstream)."""
+        """Momentum update of the key encoders: θ_k <- m θ_k + (1 - m) θ_q (parameters only, as upstream; a frozen
+        backbone that both encoders share is left alone)."""
         m = self.p.momentum
-        keys = [*self.visual_k.parameters(), *self.text_k.parameters()]
-        queries = [p.detach() for p in (*self.visual_q.parameters(), *self.text_q.parameters())]
+        pairs = [(k, q) for k, q in zip((*self.visual_k.parameters(), *self.text_k.parameters()),
+                                        (*self.visual_q.parameters(), *self.text_q.parameters())) if k is not q]
+        keys, queries = [k for k, _ in pairs], [q.detach() for _, q in pairs]
         torch._foreach_mul_(keys, m)  # one multi-tensor op each instead of two ops per parameter
         torch._foreach_add_(keys, queries, alpha=1.0 - m)
 
