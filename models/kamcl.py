@@ -69,6 +69,7 @@ from models.encoders.cnn import resnet_required_files
 from models.encoders.multiscale import (STAGES, StageAdapters, build_stage_backbone, is_resnet_name, pack_maps,
                                         stage_features, stage_widths, timm_name, unpack_maps)
 from models.encoders.gpo import GPO
+from models.encoders.hf_text import load_hf_encoder, random_hf_encoder, text_required_files
 from models.encoders.skipthoughts import UniSkip, skipthought_required_files, upstream_uniskip_keys
 from models.registry import MODELS
 
@@ -82,6 +83,9 @@ class KAMCLParams:
     backbone_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet ResNet (or the timm backbone's) weights
     finetune_backbone: bool = True  # paper: the ResNet trains; false freezes it (a feature-cache prefix)
     skipthought_dir: str = "pretrained/skipthoughts"  # dictionary.txt, utable.npy, uni_skip.npz
+    text_encoder: str = "skipthoughts"  # skipthoughts (paper) | bert: any BERT-family folder (text_path; deviation)
+    text_path: str = ""  # text_encoder=bert: transformers folder (config.json, weights, vocab.txt) or pkg: reference
+    text_random: tuple = (64, 2, 2)  # text_encoder=bert with model.pretrained false: hidden, layers, heads
     tags_path: str = ""  # scripts/build_tags.py output (keyed by filename); "" = build from the training captions
     tag_vocab_path: str = "data/rsitmd_precomp/tags_label_th_1/tag_vocab_512.json"  # tag words (<= embed_dim)
     tag_vocab_from: str = "train"  # train: rank the tags over the run's training images | file: tag_vocab_path
@@ -172,8 +176,17 @@ class TextEncoder(nn.Module):
     def __init__(self, p: KAMCLParams, dim: int, vocab_words: list[str], pretrained: bool, mask_pad: bool) -> None:
         super().__init__()
         self.mask_pad = mask_pad
-        self.uniskip = UniSkip(vocab_words, p.dim_word, p.dim_hidden, p.text_dropout, p.skipthought_dir, pretrained)
-        self.to_out = nn.Linear(p.dim_hidden, dim)
+        if p.text_encoder == "bert":  # per-token states of a BERT-family encoder instead of the uni-skip GRU steps
+            if pretrained:
+                self.bert = load_hf_encoder(p.text_path, "model.params.text_path")
+            else:
+                hidden, layers, heads = (int(v) for v in p.text_random)
+                self.bert = random_hf_encoder(hidden, layers, heads, len(vocab_words))
+            self.to_out = nn.Linear(int(self.bert.config.hidden_size), dim)
+        else:
+            self.uniskip = UniSkip(vocab_words, p.dim_word, p.dim_hidden, p.text_dropout, p.skipthought_dir,
+                                   pretrained)
+            self.to_out = nn.Linear(p.dim_hidden, dim)
         self.mlp = _mlp(dim)
         self.gpo_seq = GPO(p.gpo_dim, p.gpo_dim)
         self.tag_linear = nn.Linear(dim, dim)
@@ -183,7 +196,11 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, multi_hot: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: tokens [B, L] (L = longest caption), lengths [B], multi_hot [B, D]. Returns: (t, c_t), [B, D] each."""
-        x = self.to_out(self.uniskip(tokens, lengths)[1])  # every step [B, L, D]
+        if hasattr(self, "bert"):
+            mask = (torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths.to(tokens.device)[:, None])
+            x = self.to_out(self.bert(input_ids=tokens, attention_mask=mask.long()).last_hidden_state)
+        else:
+            x = self.to_out(self.uniskip(tokens, lengths)[1])  # every step [B, L, D]
         b, L, d = x.shape
         # interleave words and their MLP outputs so the 2 len real elements come first (GPO ignores the order)
         seq = torch.stack([x, self.mlp(x)], dim=2).reshape(b, 2 * L, d)
@@ -213,7 +230,8 @@ class KAMCL(RetrievalModel):
         else:
             needs = resnet_required_files(params.backbone_weights, f"{params.arch} ImageNet weights, torchvision "
                                           "resnet18-f37072fd.pth", "model.params.backbone_weights")
-        needs += skipthought_required_files(params.skipthought_dir)
+        needs += text_required_files(params.text_path, "model.params.text_path") if params.text_encoder == "bert" \
+            else skipthought_required_files(params.skipthought_dir)
         files = [("tags_path", "per-image tags")] if params.tags_path else []
         if params.tag_vocab_from == "file":
             files.append(("tag_vocab_path", "tag vocabulary"))
@@ -222,11 +240,10 @@ class KAMCL(RetrievalModel):
 
     def __init__(self, cfg: ModelCfg, params: KAMCLParams, ctx: ModelContext) -> None:
         super().__init__()
-        if ctx.vocab_size <= 1 or ctx.vocab_words is None:
-            raise ConfigError("kamcl needs a word vocabulary (data.tokenizer: vocab)")
+        words = kamcl_token_words(params, ctx)
         dim, self.p = cfg.embed_dim, params
         self.visual_q = VisualEncoder(params, dim, cfg.pretrained)
-        self.text_q = TextEncoder(params, dim, ctx.vocab_words, cfg.pretrained,
+        self.text_q = TextEncoder(params, dim, words, cfg.pretrained,
                                   params.text_gpo_mask_pad and not cfg.upstream_compat)
         self.visual_k = copy.deepcopy(self.visual_q).requires_grad_(False)
         if not params.finetune_backbone:  # one frozen backbone serves both encoders (its weights never move)
@@ -240,10 +257,13 @@ class KAMCL(RetrievalModel):
             self.register_buffer(f"queue_ptr_{name}", torch.zeros(1, dtype=torch.long))
         if params.tag_vocab_from not in ("train", "file"):
             raise ConfigError(f"model.params.tag_vocab_from must be train or file, got '{params.tag_vocab_from}'")
-        tag_words, self.tag_targets = load_tags(params, dim, ctx.vocab_words, ctx.train_images, ctx.train_captions)
-        # caption word id -> tag index (-1: not a tag); a buffer, so checkpoints carry the tag vocabulary
+        tag_words, self.tag_targets = load_tags(params, dim, words, ctx.train_images, ctx.train_captions)
+        # caption token id -> tag index (-1: not a tag); a buffer, so checkpoints carry the tag vocabulary. Word
+        # vocabularies start at id 1 (0 = padding); a WordPiece vocabulary's id i is its line i ([PAD] = 0).
         index = {w: i for i, w in enumerate(tag_words)}
-        self.register_buffer("token_to_tag", torch.tensor([-1] + [index.get(w, -1) for w in ctx.vocab_words]))
+        ids = [-1] + [index.get(w, -1) for w in words] if params.text_encoder != "bert" else \
+            [index.get(w, -1) for w in words]
+        self.register_buffer("token_to_tag", torch.tensor(ids))
 
     # ----------------------------------------------------------------------------------------------- encoders
     def tag_multi_hot(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -339,6 +359,31 @@ class KAMCL(RetrievalModel):
     def convert_upstream(self, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
         """Map a KAMCL state dict (``upstream_keys/kamcl.txt``) to this model."""
         return convert_kamcl_upstream(state)
+
+
+def kamcl_token_words(p: KAMCLParams, ctx: ModelContext) -> list[str]:
+    """The words of the caption token ids: the run's word vocabulary (skip-thoughts, ids from 1), or the
+    WordPiece vocabulary of the BERT-family folder (``text_encoder: bert``, id i = line i of its vocab.txt; tags are
+    then the caption words that are one WordPiece token)."""
+    if p.text_encoder not in ("skipthoughts", "bert"):
+        raise ConfigError(f"model.params.text_encoder must be skipthoughts or bert, got '{p.text_encoder}'")
+    if p.text_encoder == "skipthoughts":
+        if ctx.vocab_size <= 1 or ctx.vocab_words is None:
+            raise ConfigError("kamcl needs a word vocabulary (data.tokenizer: vocab), or model.params.text_encoder="
+                              "bert with data.tokenizer: bert")
+        return list(ctx.vocab_words)
+    if ctx.vocab_words is not None:
+        raise ConfigError("kamcl with model.params.text_encoder=bert needs data.tokenizer: bert (its tokenizer_path "
+                          "the same folder as model.params.text_path)")
+    vocab = Path(p.text_path) / "vocab.txt" if p.text_path else None
+    if vocab is None or not vocab.is_file():
+        raise MissingFileError(f"model.params.text_path: {vocab or '(not set)'} not found; kamcl with text_encoder="
+                               "bert reads the folder's WordPiece vocabulary for its tags")
+    words = vocab.read_text(encoding="utf-8").splitlines()
+    if ctx.vocab_size > len(words):
+        raise ConfigError(f"the tokenizer has {ctx.vocab_size} ids but {vocab} {len(words)} lines: data.tokenizer_path "
+                          "must be the folder of model.params.text_path")
+    return words
 
 
 def convert_kamcl_upstream(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
