@@ -28,7 +28,10 @@ Deliberate differences from upstream:
 * ``upstream_compat`` (default off) reads the sentence vector where upstream does for empty captions (L minus
   #pad, i.e. the last step), instead of at the first token.
 * The triplet loss (config) skips other captions of the same image as negatives (``mask_same_image: true``);
-  ``mask_same_image: false`` is the upstream loss. ``backbone: "timm:test_resnet"`` is for CPU tests only.
+  ``mask_same_image: false`` is the upstream loss.
+* ``backbone`` may name any timm model instead of the ResNet (:mod:`models.encoders.multiscale`: its stride-4..32
+  stages feed MVSA, built for their widths; weights from ``backbone_weights``, a local file or a ``pkg:``
+  reference); ``finetune_backbone: false`` freezes it (then a feature-cache prefix). Not in the paper.
 * AMFMN's train transform never rotated (``RandomRotation(0, 90)`` means degrees=0); configs use ``transform: amfmn``.
 """
 from __future__ import annotations
@@ -40,9 +43,10 @@ import torch
 from torch import nn
 
 from core.config import ConfigError, ModelCfg
-from models.base import ModelContext, RetrievalModel
+from models.base import FrozenPrefix, ModelContext, RetrievalModel
 from core.files import RequiredFile
 from models.encoders.cnn import resnet_required_files
+from models.encoders.multiscale import STAGES, is_resnet_name, pack_maps, timm_name, unpack_maps
 from models.encoders.mvsa import MVSAImageTower, upstream_tower_keys
 from models.encoders.skipthoughts import SkipThoughtText, skipthought_required_files
 from models.registry import MODELS
@@ -50,8 +54,10 @@ from models.registry import MODELS
 
 @dataclass(frozen=True)
 class AMFMNParams:
-    backbone: str = "resnet18"  # torchvision ResNet (upstream: resnet18)
+    backbone: str = "resnet18"  # torchvision ResNet (upstream: resnet18) or any timm name (multi-scale stages)
     resnet_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet weights, torchvision layout
+    backbone_weights: str = ""  # weights of a timm backbone (local file or pkg: reference)
+    finetune_backbone: bool = True  # paper: the ResNet trains; false freezes it (a feature-cache prefix)
     skipthought_dir: str = "pretrained/skipthoughts"  # dictionary.txt, utable.npy, uni_skip.npz ("" = random)
     image_size: int = 256  # must equal data.image_size (MVSA attention map is (image_size/16)^2)
     dim_word: int = 620  # uni-skip word embedding size
@@ -63,8 +69,12 @@ def amfmn_required_files(cfg: ModelCfg, p: Any) -> list[RequiredFile]:
     """ResNet weights + skip-thought files of the AMFMN towers (none without ``cfg.pretrained``)."""
     if not cfg.pretrained:
         return []
-    needs = resnet_required_files(p.resnet_weights, f"ImageNet {p.backbone} weights, torchvision layout",
-                                  "model.params.resnet_weights")
+    if is_resnet_name(p.backbone):
+        needs = resnet_required_files(p.resnet_weights, f"ImageNet {p.backbone} weights, torchvision layout",
+                                      "model.params.resnet_weights")
+    else:
+        needs = [RequiredFile("model.params.backbone_weights", p.backbone_weights,
+                              f"weights of timm backbone '{timm_name(p.backbone)}'")]
     return needs + (skipthought_required_files(p.skipthought_dir) if p.skipthought_dir else [])
 
 
@@ -75,6 +85,37 @@ def text_tower(cfg: ModelCfg, p: Any, ctx: ModelContext) -> SkipThoughtText:
     return SkipThoughtText(list(ctx.vocab_words), cfg.embed_dim, p.dim_word, p.dim_hidden, p.text_dropout,
                            p.skipthought_dir, cfg.pretrained and bool(p.skipthought_dir),
                            upstream_lengths=cfg.upstream_compat)
+
+
+def image_tower(cfg: ModelCfg, p: Any, normalize: bool) -> MVSAImageTower:
+    """The MVSA image tower of AMFMN / GaLR from their params."""
+    return MVSAImageTower(cfg.embed_dim, p.image_size, p.backbone, cfg.pretrained, p.resnet_weights, normalize,
+                          p.backbone_weights, p.finetune_backbone)
+
+
+def stage_prefix(tower: MVSAImageTower, backbone_name: str) -> dict[str, FrozenPrefix]:
+    """The frozen backbone of ``tower`` as the image prefix of the feature cache (none when it trains)."""
+    if tower.finetune:
+        return {}
+
+    def encode(batch: Mapping[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            return pack_maps(tower.stages(batch["images"]), STAGES)
+
+    return {"image": FrozenPrefix([tower.backbone], encode, f"stages:{backbone_name}:f1-f4")}
+
+
+def tower_stages(tower: MVSAImageTower, prefixes: dict[str, FrozenPrefix], batch: Mapping[str, Any]
+                 ) -> dict[str, torch.Tensor]:
+    """f1..f4 from the feature cache when it holds every image of the batch, else from the backbone."""
+    prefix = prefixes.get("image")
+    store = prefix.store if prefix is not None else None
+    rows = store.get_alias(batch["filenames"]) if store is not None and "filenames" in batch else None
+    if rows is not None:
+        return unpack_maps(rows.to(tower.mvsa.solo_proj.weight.device), STAGES)
+    if "images" not in batch:
+        raise RuntimeError("an image batch without pixels whose stage maps are not all in the feature cache")
+    return tower.stages(batch["images"])
 
 
 def gated_cosine(v: torch.Tensor, g: torch.Tensor, t: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -106,14 +147,18 @@ class AMFMN(RetrievalModel):
     def __init__(self, cfg: ModelCfg, params: AMFMNParams, ctx: ModelContext) -> None:
         super().__init__()
         self.p = params
-        self.image = MVSAImageTower(cfg.embed_dim, params.image_size, params.backbone, cfg.pretrained,
-                                    params.resnet_weights, normalize=False)
+        self.image = image_tower(cfg, params, normalize=False)
+        self._prefixes = stage_prefix(self.image, params.backbone)
         self.text = text_tower(cfg, params, ctx)
         self.gate = nn.Linear(cfg.embed_dim, cfg.embed_dim)  # upstream cross_attention_s (soft_att)
 
+    def frozen_prefixes(self) -> dict[str, FrozenPrefix]:
+        """With ``finetune_backbone: false``: the backbone's f1..f4 maps per image."""
+        return self._prefixes
+
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Args: batch with images [N, 3, S, S]. Returns: [N, D] (not normalised: the gate reads its scale)."""
-        return self.image(batch["images"])[0]
+        return self.image(None, tower_stages(self.image, self._prefixes, batch))[0]
 
     def encode_text(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Args: batch with tokens [M, L], lengths [M]. Returns: [M, D]."""

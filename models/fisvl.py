@@ -48,7 +48,7 @@ from core.config import ModelCfg
 from models.base import ModelContext
 from models.encoders.blocks import GraphReasoning
 from models.encoders.sfgs import SFGS, convert_sfgs_upstream
-from models.encoders.swin import swin_tokens
+from models.encoders.multiscale import stage_widths
 from models.pir import DualTowers, TowerParams
 from models.registry import MODELS
 
@@ -73,7 +73,7 @@ class FISVL(DualTowers):
         super().__init__()
         self._build_towers(cfg, params, ctx)
         d = cfg.embed_dim
-        self.sfgs = SFGS(in_channels=self.conv_encoder.conv1.out_channels, dim=d, mid=params.sfgs_mid,
+        self.sfgs = SFGS(in_channels=stage_widths(self.conv_encoder)["stem"], dim=d, mid=params.sfgs_mid,
                          grid=params.sfgs_grid, dropout=params.dropout, heads=params.sfgs_heads,
                          upstream_attn_order=cfg.upstream_compat)
         if params.freeze_sfgs or cfg.upstream_compat:
@@ -84,9 +84,8 @@ class FISVL(DualTowers):
 
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """FGIS. Args: batch with ``images`` [B, 3, H, W]. Returns: [B, D] unit norm."""
-        images = batch["images"]
-        tokens = self.vision_proj(swin_tokens(self.vision_encoder, images))  # [B, 1+N, D]
-        res = self._resnet(images)
+        vis, res = self._image_inputs(batch)
+        tokens = self.vision_proj(vis)  # [B, 1+N, D]
         conv = self.dropout_conv_proj(self.conv_proj(res["gap"]))  # [B, D]
         loc = self.sfgs(res["stem"])  # [B, D]
         x = torch.cat([conv.unsqueeze(1), loc.unsqueeze(1), tokens], dim=1)  # [B, 3+N, D]

@@ -42,7 +42,8 @@ Deliberate differences from upstream (each restorable):
 * ``local_source: backbone`` / ``zeros`` do not exist upstream (DREA is unreleased, D6).
 * The triplet loss (config) skips other captions of the same image as negatives (``mask_same_image: true``, the
   rsitr default); ``mask_same_image: false`` is the upstream loss.
-* ``backbone: "timm:test_resnet"`` (tiny random timm net) exists for CPU tests only.
+* ``backbone`` may name any timm model instead of the ResNet (as AMFMN, :mod:`models.encoders.multiscale`), with
+  ``backbone_weights`` (local file or ``pkg:``) and ``finetune_backbone``; not in the paper.
 * Published checkpoints load with ``model.init_from: upstream:PATH`` (every key of upstream_keys/galr.txt).
 """
 from __future__ import annotations
@@ -56,11 +57,11 @@ import torch
 
 from core.config import ConfigError, ModelCfg
 from core.files import RequiredFile
-from models.amfmn import AMFMNParams, amfmn_required_files, text_tower
-from models.base import ModelContext, RetrievalModel
+from models.amfmn import AMFMNParams, amfmn_required_files, image_tower, stage_prefix, text_tower, tower_stages
+from models.base import FrozenPrefix, ModelContext, RetrievalModel
 from models.encoders.galr_local import GCN, BackboneRegions, LocalFeatureBank
 from models.encoders.midf import MIDF, upstream_to_own
-from models.encoders.mvsa import MVSAImageTower, upstream_tower_keys
+from models.encoders.mvsa import upstream_tower_keys
 from models.registry import MODELS
 
 LOCAL_SOURCES = ("npy", "zeros", "backbone")
@@ -106,8 +107,8 @@ class GaLR(RetrievalModel):
             raise ConfigError("model.params.local_source=npy needs model.params.local_path (the upstream GaLR DREA "
                               ".npy); without it set local_source to 'backbone' or 'zeros'")
         self.p = params
-        self.image = MVSAImageTower(cfg.embed_dim, params.image_size, params.backbone, cfg.pretrained,
-                                    params.resnet_weights, normalize=True)
+        self.image = image_tower(cfg, params, normalize=True)
+        self._prefixes = stage_prefix(self.image, params.backbone)
         self.gcn = GCN(params.local_nodes, params.local_dim, cfg.embed_dim)
         self.bank = None
         if params.local_source == "npy":
@@ -121,6 +122,10 @@ class GaLR(RetrievalModel):
         self.fusion = MIDF(cfg.embed_dim, params.fusion_heads, params.fusion_ffn, params.fusion_dropout,
                            params.dynamic_dim, params.dynamic_dropout, cfg.upstream_compat)
         self.text = text_tower(cfg, params, ctx)
+
+    def frozen_prefixes(self) -> dict[str, FrozenPrefix]:
+        """With ``finetune_backbone: false``: the backbone's f1..f4 maps per image."""
+        return self._prefixes
 
     def local_inputs(self, batch: Mapping[str, Any], feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(rep [B, N, dim], adj [B, N, N]) from the configured source."""
@@ -137,7 +142,7 @@ class GaLR(RetrievalModel):
 
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Args: batch with images [N, 3, S, S] (+ filenames). Returns: fused image embedding [N, D]."""
-        g, feats = self.image(batch["images"])
+        g, feats = self.image(None, tower_stages(self.image, self._prefixes, batch))
         rep, adj = self.local_inputs(batch, feats)
         return self.fusion(g, self.gcn(adj, rep))
 

@@ -42,6 +42,10 @@ Where rsitr differs from upstream:
   ``token_to_tag`` buffer carries the vocabulary).
 * Not kept: upstream's unused layers (``extract_feature.linear``, ``high_module.gpo``, the ResNet ``fc`` and the
   top-level ``mlp``/``im``/``tx`` heads); :meth:`KAMCL.convert_upstream` consumes and drops them.
+* ``backbone`` (default "": the ResNet of ``arch``) may name any timm model (:mod:`models.encoders.multiscale`;
+  ``f4`` gets a 1x1 adapter to ``embed_dim``, ``high_fc`` follows the widths), weights from ``backbone_weights``;
+  ``finetune_backbone: false`` freezes it, and the query and key encoders then share it (a feature-cache prefix,
+  left out of the momentum update). Not upstream.
 * The queue still holds earlier keys of the same image (false negatives), as upstream.
 * Under DDP every rank enqueues the keys of the whole global batch (all-gathered, as MoCo; upstream's KAMCL code
   enqueued per process) and DDP does not broadcast buffers for this model, so the queues are the same on every rank
@@ -66,9 +70,12 @@ from core.config import ModelCfg
 from core.dist import all_gather_with_grad
 from core.errors import ConfigError, DataError, MissingFileError
 from core.files import RequiredFile
-from models.base import ModelContext, RetrievalModel
-from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
+from models.base import FrozenPrefix, ModelContext, RetrievalModel
+from models.encoders.cnn import resnet_required_files
+from models.encoders.multiscale import (STAGES, StageAdapters, build_stage_backbone, is_resnet_name, pack_maps,
+                                        stage_features, stage_widths, timm_name, unpack_maps)
 from models.encoders.gpo import GPO
+from models.encoders.hf_text import load_hf_encoder, random_hf_encoder, text_required_files
 from models.encoders.skipthoughts import UniSkip, skipthought_required_files, upstream_uniskip_keys
 from models.registry import MODELS
 
@@ -78,8 +85,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class KAMCLParams:
     arch: str = "resnet18"  # torchvision ResNet; layer4 width must equal embed_dim
-    backbone_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet ResNet weights
+    backbone: str = ""  # "" = the ResNet of ``arch``; else any timm model name (f4 gets a 1x1 adapter to embed_dim)
+    backbone_weights: str = "pretrained/resnet18-f37072fd.pth"  # ImageNet ResNet (or the timm backbone's) weights
+    finetune_backbone: bool = True  # paper: the ResNet trains; false freezes it (a feature-cache prefix)
     skipthought_dir: str = "pretrained/skipthoughts"  # dictionary.txt, utable.npy, uni_skip.npz
+    text_encoder: str = "skipthoughts"  # skipthoughts (paper) | bert: any BERT-family folder (text_path; deviation)
+    text_path: str = ""  # text_encoder=bert: transformers folder (config.json, weights, vocab.txt) or pkg: reference
+    text_random: tuple = (64, 2, 2)  # text_encoder=bert with model.pretrained false: hidden, layers, heads
     tags_path: str = ""  # scripts/build_tags.py output (keyed by filename); "" = build from the training captions
     tag_vocab_path: str = "data/rsitmd_precomp/tags_label_th_1/tag_vocab_512.json"  # tag words (<= embed_dim)
     tag_vocab_from: str = "train"  # train: rank the tags over the run's training images | file: tag_vocab_path
@@ -101,28 +113,53 @@ def _mlp(dim: int) -> nn.Sequential:
 
 
 class VisualEncoder(nn.Module):
-    """KAMCL image encoder. Returns (v [B, D] incl. concept, c_v [B, D])."""
+    """KAMCL image encoder. Returns (v [B, D] incl. concept, c_v [B, D]).
+
+    The backbone is the paper's ResNet (``arch``) or a timm stage net (``backbone``,
+    :mod:`models.encoders.multiscale`): the heads are built for its widths, and ``f4``, whose positions become the
+    D-wide global feature, gets a 1x1 adapter (``adapt``) when its width is not D.
+    """
 
     def __init__(self, p: KAMCLParams, dim: int, pretrained: bool) -> None:
         super().__init__()
-        self.backbone = build_resnet(p.arch, pretrained, p.backbone_weights,
-                                     f"{p.arch} ImageNet weights (model.params.backbone_weights)")
-        self.backbone.fc = nn.Identity()  # the classifier never reaches an embedding
-        e = 4 if p.arch in ("resnet50", "resnet101") else 1
-        if 512 * e != dim:
-            raise ConfigError(f"kamcl: the global feature has {512 * e} channels ({p.arch} layer4) but embed_dim is "
-                             f"{dim}")
+        if p.backbone and is_resnet_name(p.backbone):
+            raise ConfigError(f"model.params.backbone: '{p.backbone}' is a torchvision ResNet; set model.params.arch "
+                              "for it and leave backbone '' (backbone is for timm models)")
+        self.finetune = p.finetune_backbone
+        self.backbone = build_stage_backbone(p.backbone or p.arch, pretrained, p.backbone_weights,
+                                             f"{p.arch} ImageNet weights (model.params.backbone_weights)",
+                                             "model.params.backbone_weights", p.image_size)
+        have = stage_widths(self.backbone)
+        if not p.backbone:
+            self.backbone.fc = nn.Identity()  # the classifier never reaches an embedding
+            if have["f4"] != dim:
+                raise ConfigError(f"kamcl: the global feature has {have['f4']} channels ({p.arch} layer4) but "
+                                  f"embed_dim is {dim}")
+        self.backbone.requires_grad_(self.finetune)
+        self.adapt = StageAdapters(have, {"f4": dim})
         self.gpo_global = GPO(p.gpo_dim, p.gpo_dim)
         self.low_gpo = GPO(p.gpo_dim, p.gpo_dim)
         self.low_fc = nn.Linear((p.image_size // 4) ** 2, dim)
-        self.high_fc = nn.Linear(768 * e, dim)
+        self.high_fc = nn.Linear(have["f3"] + dim, dim)  # ResNet-18: 256 + 512 = 768
         self.mlp = _mlp(dim)
         self.gpo = GPO(p.gpo_dim, p.gpo_dim)
         self.concept = nn.Linear(dim, dim)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: images [B, 3, S, S]. Returns: (v [B, D], c_v [B, D])."""
-        f = resnet_features(self.backbone, images)
+    def train(self, mode: bool = True) -> "VisualEncoder":
+        super().train(mode)
+        if not self.finetune:
+            self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics
+        return self
+
+    def stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """f1..f4 of the backbone, before the adapter (no graph through a frozen backbone)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):
+            f = stage_features(self.backbone, images)
+        return {s: f[s] for s in STAGES}
+
+    def head(self, feats: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: f1..f4 from :meth:`stages`. Returns: (v [B, D], c_v [B, D])."""
+        f = self.adapt(feats)
         glob = self.gpo_global(f["f4"].flatten(2).transpose(1, 2))  # GPO over the f4 positions
         lower = torch.cat([f["f1"], F.interpolate(f["f2"], scale_factor=2.0, mode="nearest")], dim=1)
         if lower.shape[-1] ** 2 != self.low_fc.in_features:
@@ -136,6 +173,10 @@ class VisualEncoder(nn.Module):
         c = torch.sigmoid(self.concept(v))
         return v + c, c
 
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: images [B, 3, S, S]. Returns: (v [B, D], c_v [B, D])."""
+        return self.head(self.stages(images))
+
 
 class TextEncoder(nn.Module):
     """KAMCL text encoder. Returns (t [B, D] incl. concept, c_t [B, D])."""
@@ -143,8 +184,17 @@ class TextEncoder(nn.Module):
     def __init__(self, p: KAMCLParams, dim: int, vocab_words: list[str], pretrained: bool, mask_pad: bool) -> None:
         super().__init__()
         self.mask_pad = mask_pad
-        self.uniskip = UniSkip(vocab_words, p.dim_word, p.dim_hidden, p.text_dropout, p.skipthought_dir, pretrained)
-        self.to_out = nn.Linear(p.dim_hidden, dim)
+        if p.text_encoder == "bert":  # per-token states of a BERT-family encoder instead of the uni-skip GRU steps
+            if pretrained:
+                self.bert = load_hf_encoder(p.text_path, "model.params.text_path")
+            else:
+                hidden, layers, heads = (int(v) for v in p.text_random)
+                self.bert = random_hf_encoder(hidden, layers, heads, len(vocab_words))
+            self.to_out = nn.Linear(int(self.bert.config.hidden_size), dim)
+        else:
+            self.uniskip = UniSkip(vocab_words, p.dim_word, p.dim_hidden, p.text_dropout, p.skipthought_dir,
+                                   pretrained)
+            self.to_out = nn.Linear(p.dim_hidden, dim)
         self.mlp = _mlp(dim)
         self.gpo_seq = GPO(p.gpo_dim, p.gpo_dim)
         self.tag_linear = nn.Linear(dim, dim)
@@ -154,7 +204,11 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, multi_hot: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: tokens [B, L] (L = longest caption), lengths [B], multi_hot [B, D]. Returns: (t, c_t), [B, D] each."""
-        x = self.to_out(self.uniskip(tokens, lengths)[1])  # every step [B, L, D]
+        if hasattr(self, "bert"):
+            mask = (torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths.to(tokens.device)[:, None])
+            x = self.to_out(self.bert(input_ids=tokens, attention_mask=mask.long()).last_hidden_state)
+        else:
+            x = self.to_out(self.uniskip(tokens, lengths)[1])  # every step [B, L, D]
         b, L, d = x.shape
         # interleave words and their MLP outputs so the 2 len real elements come first (GPO ignores the order)
         seq = torch.stack([x, self.mlp(x)], dim=2).reshape(b, 2 * L, d)
@@ -178,9 +232,14 @@ class KAMCL(RetrievalModel):
         """ResNet weights, the skip-thought release and the tag files (pretrained only)."""
         if not cfg.pretrained:
             return []
-        needs = resnet_required_files(params.backbone_weights, f"{params.arch} ImageNet weights, torchvision "
-                                      "resnet18-f37072fd.pth", "model.params.backbone_weights")
-        needs += skipthought_required_files(params.skipthought_dir)
+        if params.backbone:
+            needs = [RequiredFile("model.params.backbone_weights", params.backbone_weights,
+                                  f"weights of timm backbone '{timm_name(params.backbone)}'")]
+        else:
+            needs = resnet_required_files(params.backbone_weights, f"{params.arch} ImageNet weights, torchvision "
+                                          "resnet18-f37072fd.pth", "model.params.backbone_weights")
+        needs += text_required_files(params.text_path, "model.params.text_path") if params.text_encoder == "bert" \
+            else skipthought_required_files(params.skipthought_dir)
         files = [("tags_path", "per-image tags")] if params.tags_path else []
         if params.tag_vocab_from == "file":
             files.append(("tag_vocab_path", "tag vocabulary"))
@@ -189,24 +248,31 @@ class KAMCL(RetrievalModel):
 
     def __init__(self, cfg: ModelCfg, params: KAMCLParams, ctx: ModelContext) -> None:
         super().__init__()
-        if ctx.vocab_size <= 1 or ctx.vocab_words is None:
-            raise ConfigError("kamcl needs a word vocabulary (data.tokenizer: vocab)")
+        words = kamcl_token_words(params, ctx)
         dim, self.p = cfg.embed_dim, params
         self.visual_q = VisualEncoder(params, dim, cfg.pretrained)
-        self.text_q = TextEncoder(params, dim, ctx.vocab_words, cfg.pretrained,
+        self.text_q = TextEncoder(params, dim, words, cfg.pretrained,
                                   params.text_gpo_mask_pad and not cfg.upstream_compat)
         self.momentum_zip = params.momentum_zip or cfg.upstream_compat
         self.visual_k = copy.deepcopy(self.visual_q).requires_grad_(False)
+        if not params.finetune_backbone:  # one frozen backbone serves both encoders (its weights never move)
+            self.visual_k.backbone = self.visual_q.backbone
+        self._prefixes = {} if params.finetune_backbone else {
+            "image": FrozenPrefix([self.visual_q.backbone], self._stage_rows,
+                                  f"stages:{params.backbone or params.arch}:f1-f4")}
         self.text_k = copy.deepcopy(self.text_q).requires_grad_(False)
         for name in ("im", "tx"):
             self.register_buffer(f"queue_{name}", F.normalize(torch.randn(dim, params.queue_size), dim=0))
             self.register_buffer(f"queue_ptr_{name}", torch.zeros(1, dtype=torch.long))
         if params.tag_vocab_from not in ("train", "file"):
             raise ConfigError(f"model.params.tag_vocab_from must be train or file, got '{params.tag_vocab_from}'")
-        tag_words, self.tag_targets = load_tags(params, dim, ctx.vocab_words, ctx.train_images, ctx.train_captions)
-        # caption word id -> tag index (-1: not a tag); a buffer, so checkpoints carry the tag vocabulary
+        tag_words, self.tag_targets = load_tags(params, dim, words, ctx.train_images, ctx.train_captions)
+        # caption token id -> tag index (-1: not a tag); a buffer, so checkpoints carry the tag vocabulary. Word
+        # vocabularies start at id 1 (0 = padding); a WordPiece vocabulary's id i is its line i ([PAD] = 0).
         index = {w: i for i, w in enumerate(tag_words)}
-        self.register_buffer("token_to_tag", torch.tensor([-1] + [index.get(w, -1) for w in ctx.vocab_words]))
+        ids = [-1] + [index.get(w, -1) for w in words] if params.text_encoder != "bert" else \
+            [index.get(w, -1) for w in words]
+        self.register_buffer("token_to_tag", torch.tensor(ids))
 
     # ----------------------------------------------------------------------------------------------- encoders
     def tag_multi_hot(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -221,9 +287,25 @@ class KAMCL(RetrievalModel):
         tokens = batch["tokens"][:, :int(lengths.max())]
         return tokens, lengths, self.tag_multi_hot(tokens)
 
+    def frozen_prefixes(self) -> dict[str, FrozenPrefix]:
+        """With ``finetune_backbone: false``: the backbone's f1..f4 maps per image (shared by both encoders)."""
+        return self._prefixes
+
+    def _stage_rows(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            return pack_maps(self.visual_q.stages(batch["images"]), STAGES)
+
+    def _image_stages(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """f1..f4 from the feature cache when it holds every image of the batch, else from the backbone."""
+        store = self._prefixes["image"].store if self._prefixes else None
+        rows = store.get_alias(batch["filenames"]) if store is not None and "filenames" in batch else None
+        if rows is not None:
+            return unpack_maps(rows.to(self.queue_im.device), STAGES)
+        return self.visual_q.stages(batch["images"])
+
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Args: batch["images"] [N, 3, S, S]. Returns: [N, D] (query encoder)."""
-        return self.visual_q(batch["images"])[0]
+        return self.visual_q.head(self._image_stages(batch))[0]
 
     def encode_text(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Args: batch["tokens"] [M, L], batch["lengths"] [M]. Returns: [M, D] (query encoder)."""
@@ -234,7 +316,8 @@ class KAMCL(RetrievalModel):
         """Training outputs: img_emb, txt_emb, concept_img, concept_txt [B, D]; in training mode also
         logits_img, logits_txt [B, 1 + K] (already / T) and tag_target [B, D]; the keys are then enqueued."""
         text = self._text_inputs(batch)
-        v, cv = self.visual_q(batch["images"])
+        feats = None if self.p.finetune_backbone else self._image_stages(batch)
+        v, cv = self.visual_q(batch["images"]) if feats is None else self.visual_q.head(feats)
         t, ct = self.text_q(*text)
         out = {"img_emb": v, "txt_emb": t, "concept_img": cv, "concept_txt": ct}
         if not self.training:
@@ -242,7 +325,8 @@ class KAMCL(RetrievalModel):
         out["tag_target"] = self.tag_target(batch["filenames"]).to(v.device)
         dtype = self.queue_tx.dtype  # logits in the queues' precision (float32 under bf16 autocast)
         with torch.no_grad():
-            vk = F.normalize(self.visual_k(batch["images"])[0].to(dtype), dim=-1)
+            vk = self.visual_k(batch["images"])[0] if feats is None else self.visual_k.head(feats)[0]
+            vk = F.normalize(vk.to(dtype), dim=-1)
             tk = F.normalize(self.text_k(*text)[0].to(dtype), dim=-1)
         vq, tq = F.normalize(v.to(dtype), dim=-1), F.normalize(t.to(dtype), dim=-1)
         temp = self.p.temperature
@@ -285,11 +369,12 @@ class KAMCL(RetrievalModel):
     @torch.no_grad()
     def on_train_step_start(self) -> None:
         """Momentum update of the key encoders: θ_k <- m θ_k + (1 - m) θ_q (parameters only, as upstream; with
-        ``momentum_zip`` only the pairs upstream's zip reaches, :meth:`momentum_pairs`)."""
+        ``momentum_zip`` only the pairs upstream's zip reaches, :meth:`momentum_pairs`; a frozen backbone that both
+        encoders share is left alone)."""
         m = self.p.momentum
-        named = dict(self.named_parameters())
-        pairs = self.momentum_pairs()
-        keys, queries = [named[k] for _, k in pairs], [named[q].detach() for q, _ in pairs]
+        named = dict(self.named_parameters(remove_duplicate=False))
+        pairs = [(named[k], named[q]) for q, k in self.momentum_pairs() if named[k] is not named[q]]
+        keys, queries = [k for k, _ in pairs], [q.detach() for _, q in pairs]
         torch._foreach_mul_(keys, m)  # one multi-tensor op each instead of two ops per parameter
         torch._foreach_add_(keys, queries, alpha=1.0 - m)
 
@@ -297,6 +382,31 @@ class KAMCL(RetrievalModel):
     def convert_upstream(self, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
         """Map a KAMCL state dict (``upstream_keys/kamcl.txt``) to this model."""
         return convert_kamcl_upstream(state)
+
+
+def kamcl_token_words(p: KAMCLParams, ctx: ModelContext) -> list[str]:
+    """The words of the caption token ids: the run's word vocabulary (skip-thoughts, ids from 1), or the
+    WordPiece vocabulary of the BERT-family folder (``text_encoder: bert``, id i = line i of its vocab.txt; tags are
+    then the caption words that are one WordPiece token)."""
+    if p.text_encoder not in ("skipthoughts", "bert"):
+        raise ConfigError(f"model.params.text_encoder must be skipthoughts or bert, got '{p.text_encoder}'")
+    if p.text_encoder == "skipthoughts":
+        if ctx.vocab_size <= 1 or ctx.vocab_words is None:
+            raise ConfigError("kamcl needs a word vocabulary (data.tokenizer: vocab), or model.params.text_encoder="
+                              "bert with data.tokenizer: bert")
+        return list(ctx.vocab_words)
+    if ctx.vocab_words is not None:
+        raise ConfigError("kamcl with model.params.text_encoder=bert needs data.tokenizer: bert (its tokenizer_path "
+                          "the same folder as model.params.text_path)")
+    vocab = Path(p.text_path) / "vocab.txt" if p.text_path else None
+    if vocab is None or not vocab.is_file():
+        raise MissingFileError(f"model.params.text_path: {vocab or '(not set)'} not found; kamcl with text_encoder="
+                               "bert reads the folder's WordPiece vocabulary for its tags")
+    words = vocab.read_text(encoding="utf-8").splitlines()
+    if ctx.vocab_size > len(words):
+        raise ConfigError(f"the tokenizer has {ctx.vocab_size} ids but {vocab} {len(words)} lines: data.tokenizer_path "
+                          "must be the folder of model.params.text_path")
+    return words
 
 
 def convert_kamcl_upstream(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:

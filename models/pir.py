@@ -61,11 +61,13 @@ from torch import nn
 
 from core.config import ModelCfg
 from core.errors import ConfigError
-from models.base import ModelContext, RetrievalModel
+from models.base import FrozenPrefix, ModelContext, RetrievalModel
 from core.files import RequiredFile
 from models.encoders.bert import bert_required_files, bert_tokens, build_bert
 from models.encoders.blocks import CrossBlock, SABlock
-from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
+from models.encoders.cnn import build_resnet, resnet_required_files
+from models.encoders.multiscale import build_stage_backbone, pack_maps, stage_features, stage_widths, timm_name, \
+    unpack_maps
 from models.encoders.swin import build_swin, convert_swin_upstream, swin_required_files, swin_tokens
 from models.registry import MODELS
 
@@ -93,9 +95,14 @@ class TowerParams:
     bert_heads: int = 12
     bert_intermediate: int = 3072
     bert_max_positions: int = 512
+    vision_backbone: str = ""  # "" = the Swin above; else a timm model whose stride-32 map gives the tokens
+    vision_weights: str = ""  # weights of vision_backbone (local file or pkg: reference)
+    finetune_vision: bool = True  # upstream fine-tunes the Swin; false freezes a timm vision backbone
     resnet_arch: str = "resnet50"  # AID ResNet-50 upstream; resnet18 for tiny tests
     resnet_weights: str = "pretrained/aid_28-rsp-resnet-50-ckpt.pth"  # AID RSP (key "model") or torchvision file
-    finetune_resnet: bool = False  # upstream freezes the ResNet
+    prior_backbone: str = ""  # "" = the ResNet of resnet_arch; a timm model; "vision": the frozen vision backbone
+    prior_weights: str = ""  # weights of prior_backbone (local file or pkg: reference)
+    finetune_resnet: bool = False  # upstream freezes the ResNet (the prior, whichever backbone it is)
     resnet_bn: str = "eval"  # frozen ResNet BatchNorm: eval (rsitr) | train (upstream: statistics drift)
     bert_pad_grad: bool = False  # upstream: BERT word embedding without padding_idx, so the [PAD] row trains (on
     # under upstream_compat)
@@ -141,16 +148,29 @@ class DualTowers(RetrievalModel):
         """Swin weights, the BERT folder (config.json + weights) and the ResNet weights (pretrained only)."""
         if not cfg.pretrained:
             return []
-        return (swin_required_files(params.swin_weights) + bert_required_files(params.bert_path) +
-                resnet_required_files(params.resnet_weights, f"AID/ImageNet {params.resnet_arch} weights",
-                                      "model.params.resnet_weights"))
+        p = params
+        vision = [RequiredFile("model.params.vision_weights", p.vision_weights,
+                               f"weights of timm vision backbone '{timm_name(p.vision_backbone)}'")] \
+            if p.vision_backbone else swin_required_files(p.swin_weights)
+        prior = [RequiredFile("model.params.prior_weights", p.prior_weights,
+                              f"weights of timm prior backbone '{timm_name(p.prior_backbone)}'")] \
+            if p.prior_backbone else resnet_required_files(p.resnet_weights, f"AID/ImageNet {p.resnet_arch} weights",
+                                                           "model.params.resnet_weights")
+        prior = [] if p.prior_backbone == "vision" else prior
+        return vision + bert_required_files(p.bert_path) + prior
 
     def _build_towers(self, cfg: ModelCfg, p: TowerParams, ctx: ModelContext) -> None:
         if p.resnet_bn not in ("eval", "train"):
             raise ConfigError(f"model.params.resnet_bn must be eval or train, got '{p.resnet_bn}'")
         self.p, self.compat = p, cfg.upstream_compat
-        self.vision_encoder = build_swin(cfg.pretrained, p.swin_weights, p.swin_img_size, p.swin_embed_dim,
-                                         p.swin_depths, p.swin_heads, p.swin_window, p.swin_drop_path)
+        if p.vision_backbone:
+            self.vision_encoder = build_stage_backbone(p.vision_backbone, cfg.pretrained, p.vision_weights, "",
+                                                       "model.params.vision_weights", p.swin_img_size)
+            self.vision_encoder.num_features = stage_widths(self.vision_encoder)["f4"]
+            self.vision_encoder.requires_grad_(p.finetune_vision)
+        else:
+            self.vision_encoder = build_swin(cfg.pretrained, p.swin_weights, p.swin_img_size, p.swin_embed_dim,
+                                             p.swin_depths, p.swin_heads, p.swin_window, p.swin_drop_path)
         vocab = p.bert_vocab_size or ctx.vocab_size or BERT_BASE_VOCAB
         self.text_encoder = build_bert(cfg.pretrained, p.bert_path, vocab, p.bert_hidden, p.bert_layers,
                                        p.bert_heads, p.bert_intermediate, p.bert_max_positions)
@@ -161,10 +181,20 @@ class DualTowers(RetrievalModel):
         rows = self.text_encoder.config.vocab_size
         if ctx.vocab_size > rows:
             raise ConfigError(f"the tokenizer has {ctx.vocab_size} ids but the BERT embedding has {rows} rows")
-        self.conv_encoder = build_resnet(p.resnet_arch, cfg.pretrained, p.resnet_weights,
-                                         f"AID/ImageNet {p.resnet_arch} weights (model.params.resnet_weights)")
-        conv_width = self.conv_encoder.fc.in_features
-        self.conv_encoder.fc = nn.Identity()  # classifier unused (upstream drops it too)
+        self.shared_prior = p.prior_backbone == "vision"
+        if self.shared_prior:
+            if not p.vision_backbone or p.finetune_vision or p.finetune_resnet:
+                raise ConfigError("model.params.prior_backbone=vision (the prior from the vision backbone) needs a "
+                                  "timm model.params.vision_backbone with finetune_vision and finetune_resnet false")
+            self.conv_encoder = self.vision_encoder  # one frozen network gives the tokens and the prior
+        elif p.prior_backbone:
+            self.conv_encoder = build_stage_backbone(p.prior_backbone, cfg.pretrained, p.prior_weights, "",
+                                                     "model.params.prior_weights", p.swin_img_size)
+        else:
+            self.conv_encoder = build_resnet(p.resnet_arch, cfg.pretrained, p.resnet_weights,
+                                             f"AID/ImageNet {p.resnet_arch} weights (model.params.resnet_weights)")
+            self.conv_encoder.fc = nn.Identity()  # classifier unused (upstream drops it too)
+        conv_width = stage_widths(self.conv_encoder)["f4"]
         if not p.finetune_resnet:
             self.conv_encoder.requires_grad_(False)
         d = cfg.embed_dim
@@ -179,13 +209,68 @@ class DualTowers(RetrievalModel):
         super().train(mode)
         if not self.p.finetune_resnet and self.p.resnet_bn == "eval":
             self.conv_encoder.eval()  # frozen BatchNorm statistics must not drift (METHODS.md D10)
+        if self.p.vision_backbone and not self.p.finetune_vision:
+            self.vision_encoder.eval()
         return self
 
     def _resnet(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """ResNet stages (no graph when frozen). Returns ``stem`` [B, 64, H/4, W/4] and ``gap`` [B, C]."""
+        """Prior stages (no graph when frozen). Returns ``stem`` [B, C_s, H/4, W/4] and ``gap`` [B, C]."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.p.finetune_resnet):
-            f = resnet_features(self.conv_encoder, images)
+            f = stage_features(self.conv_encoder, images)
         return {"stem": f["stem"], "gap": f["f4"].mean(dim=(2, 3))}
+
+    def _vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 1 + N, C]: the averaged token then every last-stage token (Swin, or a timm backbone's f4 map)."""
+        if not self.p.vision_backbone:
+            return swin_tokens(self.vision_encoder, images)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.p.finetune_vision):
+            x = stage_features(self.vision_encoder, images)["f4"].flatten(2).transpose(1, 2)
+        return torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+
+    # the image parts a frozen timm vision backbone and a frozen prior give, cached per image (PIR: no stem)
+    _PARTS = ("vis", "gap", "stem")
+
+    def _prefix_parts(self) -> tuple[str, ...]:
+        return self._PARTS
+
+    def frozen_prefixes(self) -> dict[str, FrozenPrefix]:
+        """A frozen timm vision backbone and a frozen prior (BatchNorm in eval mode): their maps per image."""
+        p = self.p
+        if not (p.vision_backbone and not p.finetune_vision and not p.finetune_resnet and p.resnet_bn == "eval"):
+            return {}
+        if getattr(self, "_prefix", None) is None:
+            self._prefix = FrozenPrefix([self.vision_encoder, self.conv_encoder], self._part_rows,
+                                        f"vision:{p.vision_backbone}|prior:{p.prior_backbone or p.resnet_arch}|"
+                                        f"{','.join(self._prefix_parts())}")
+        return {"image": self._prefix}
+
+    def _parts(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """vis [B, C, h, w] (timm vision backbone), gap [B, C, 1, 1], stem [B, C, H/4, W/4] from the pixels."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.p.finetune_vision):
+            f = stage_features(self.vision_encoder, images)
+        res = {"stem": f["stem"], "gap": f["f4"].mean(dim=(2, 3))} if self.shared_prior else self._resnet(images)
+        return {"vis": f["f4"], "gap": res["gap"][:, :, None, None], "stem": res["stem"]}
+
+    def _part_rows(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            return pack_maps(self._parts(batch["images"]), self._prefix_parts())
+
+    def _image_inputs(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(vision tokens [B, 1 + N, C], prior parts ``gap`` / ``stem``), from the feature cache when it holds
+        every image of the batch."""
+        prefix = self.frozen_prefixes().get("image")
+        store = prefix.store if prefix is not None else None
+        rows = store.get_alias(batch["filenames"]) if store is not None and "filenames" in batch else None
+        if rows is None and not self.shared_prior:
+            images = batch["images"]
+            return self._vision_tokens(images), self._resnet(images)
+        parts = unpack_maps(rows.to(self.temp.device), self._prefix_parts()) if rows is not None \
+            else self._parts(batch["images"])
+        x = parts["vis"].flatten(2).transpose(1, 2)
+        prior = {"gap": parts["gap"].flatten(1)}
+        if "stem" in parts:
+            prior["stem"] = parts["stem"]
+        return torch.cat([x.mean(dim=1, keepdim=True), x], dim=1), prior
 
     def _text_tokens(self, batch: Mapping[str, Any], use_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Projected BERT tokens [B, L, D] and the key mask [B, L] (None when padding is attended)."""
@@ -237,11 +322,13 @@ class PIR(DualTowers):
         self.dropout_head_img = nn.Dropout(p.dropout)
         self.dropout_head_txt = nn.Dropout(p.dropout)
 
+    _PARTS = ("vis", "gap")  # VIR reads no stem
+
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """VIR. Args: batch with ``images`` [B, 3, H, W]. Returns: [B, D] unit norm."""
-        images = batch["images"]
-        tokens = self.vision_proj(swin_tokens(self.vision_encoder, images))  # [B, 1+N, D]
-        conv = self.dropout_conv_proj(self.conv_proj(self._resnet(images)["gap"]))  # [B, D]
+        vis, prior = self._image_inputs(batch)
+        tokens = self.vision_proj(vis)  # [B, 1+N, D]
+        conv = self.dropout_conv_proj(self.conv_proj(prior["gap"]))  # [B, D]
         x = select_tokens(tokens, conv, self.p.filter_size, stable=self.compat)
         k = x.shape[1]
         for i in range(self.p.instru_num):

@@ -27,6 +27,9 @@ Where rsitr differs from upstream (each a flag):
 * The vocabulary size comes from the data (upstream hard-codes 8590 rows); an upstream checkpoint's extra rows are
   cut when it is loaded. The frozen backbone's BatchNorm is kept in eval mode (``backbone_bn: eval``); upstream
   leaves it in train mode so its statistics drift (``backbone_bn: train``, D10).
+* ``backbone`` (default "": the ResNet of ``arch``) may name any timm model (:mod:`models.encoders.multiscale`;
+  VMSF and SFGS are built for its stage widths, ``stem`` is its stride-4 map), weights from ``backbone_weights``
+  (local file or ``pkg:``). A frozen backbone with BatchNorm in eval mode is a feature-cache prefix. Not upstream.
 * Not kept: upstream's unused text ``projection`` layer and the backbone's classifier ``fc`` (neither reaches an
   embedding); :meth:`SWAN.convert_upstream` consumes and drops them.
 """
@@ -45,8 +48,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from core.config import ModelCfg
 from core.errors import ConfigError
 from core.files import RequiredFile
-from models.base import ModelContext, RetrievalModel
-from models.encoders.cnn import build_resnet, resnet_features, resnet_required_files
+from models.base import FrozenPrefix, ModelContext, RetrievalModel
+from models.encoders.cnn import resnet_required_files
+from models.encoders.multiscale import (build_stage_backbone, is_resnet_name, pack_maps, set_bn_eval, stage_features,
+                                        stage_widths, timm_name, unpack_maps)
 from models.encoders.glove import glove_required_files, init_embedding_from_glove
 from models.encoders.sfgs import FC, SFGS, convert_sfgs_upstream
 from models.registry import MODELS
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SWANParams:
     arch: str = "resnet50"  # torchvision ResNet (resnet18/34 for tiny tests)
+    backbone: str = ""  # "" = the ResNet of ``arch``; else any timm model name (multi-scale stages, no adapters)
     backbone_weights: str = "pretrained/aid_28-rsp-resnet-50-ckpt.pth"  # AID (RSP) or ImageNet ResNet weights
     glove_path: str = "pretrained/glove.840B.300d.txt"  # GloVe text file; "" = random word embeddings
     finetune_backbone: bool = False  # paper: frozen; set true for random-init runs
@@ -208,9 +214,14 @@ class SWAN(RetrievalModel):
         """Backbone weights and, when ``glove_path`` is set, the GloVe file (pretrained only)."""
         if not cfg.pretrained:
             return []
-        return resnet_required_files(params.backbone_weights, f"{params.arch} weights, the AID RSP checkpoint "
-                                     "aid_28-rsp-resnet-50-ckpt.pth or torchvision's resnet50-19c8e357.pth",
-                                     "model.params.backbone_weights") + glove_required_files(params.glove_path)
+        if params.backbone:
+            needs = [RequiredFile("model.params.backbone_weights", params.backbone_weights,
+                                  f"weights of timm backbone '{timm_name(params.backbone)}'")]
+        else:
+            needs = resnet_required_files(params.backbone_weights, f"{params.arch} weights, the AID RSP checkpoint "
+                                          "aid_28-rsp-resnet-50-ckpt.pth or torchvision's resnet50-19c8e357.pth",
+                                          "model.params.backbone_weights")
+        return needs + glove_required_files(params.glove_path)
 
     def __init__(self, cfg: ModelCfg, params: SWANParams, ctx: ModelContext) -> None:
         super().__init__()
@@ -221,12 +232,17 @@ class SWAN(RetrievalModel):
         if not cfg.pretrained and not params.finetune_backbone:
             log.warning("swan: random-init backbone kept frozen (finetune_backbone: false); image features are noise")
         self.p, dim, compat = params, cfg.embed_dim, cfg.upstream_compat
-        self.backbone = build_resnet(params.arch, cfg.pretrained, params.backbone_weights,
-                                     f"{params.arch} weights (model.params.backbone_weights)")
-        self.backbone.fc = nn.Identity()  # the classifier never reaches an embedding
-        e = 4 if params.arch in ("resnet50", "resnet101") else 1
-        self.vmsf = VMSF((128 * e, 256 * e, 512 * e), dim, params.vmsf_dropout)
-        self.sfgs = SFGS(64, dim, params.sfgs_mid, params.sfgs_grid, params.sfgs_dropout, params.sfgs_heads,
+        if params.backbone and is_resnet_name(params.backbone):
+            raise ConfigError(f"model.params.backbone: '{params.backbone}' is a torchvision ResNet; set "
+                              "model.params.arch for it and leave backbone '' (backbone is for timm models)")
+        self.backbone = build_stage_backbone(params.backbone or params.arch, cfg.pretrained, params.backbone_weights,
+                                             f"{params.arch} weights (model.params.backbone_weights)",
+                                             "model.params.backbone_weights")
+        if not params.backbone:
+            self.backbone.fc = nn.Identity()  # the classifier never reaches an embedding
+        w = stage_widths(self.backbone)  # ResNet-50: stem 64, f2..f4 512 / 1024 / 2048
+        self.vmsf = VMSF((w["f2"], w["f3"], w["f4"]), dim, params.vmsf_dropout)
+        self.sfgs = SFGS(w["stem"], dim, params.sfgs_mid, params.sfgs_grid, params.sfgs_dropout, params.sfgs_heads,
                          upstream_attn_order=compat)
         self.agg = nn.Module()
         self.agg.fc_1, self.agg.fc_2 = nn.Linear(2 * dim, dim), nn.Linear(dim, dim)
@@ -235,19 +251,38 @@ class SWAN(RetrievalModel):
         if cfg.pretrained and params.glove_path:
             init_embedding_from_glove(self.text.embed.weight.data, ctx.vocab_words, params.glove_path)
         self.backbone.requires_grad_(params.finetune_backbone)
+        self._prefixes = {} if params.finetune_backbone or params.backbone_bn != "eval" else {
+            "image": FrozenPrefix([self.backbone], self._stage_rows,
+                                  f"stages:{params.backbone or params.arch}:{','.join(self._MAPS)}")}
+
+    _MAPS = ("stem", "f2", "f3", "f4")
 
     def train(self, mode: bool = True) -> "SWAN":
         super().train(mode)
         if self.p.backbone_bn == "eval":
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            set_bn_eval(self.backbone)
         return self
+
+    def frozen_prefixes(self) -> dict[str, FrozenPrefix]:
+        """A frozen backbone with BatchNorm in eval mode (the paper's setting): its stem, f2, f3, f4 per image."""
+        return self._prefixes
+
+    def _stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.p.finetune_backbone):
+            return stage_features(self.backbone, images)
+
+    def _stage_rows(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            return pack_maps(self._stages(batch["images"]), self._MAPS)
 
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Args: batch["images"] [N, 3, H, W]. Returns: image embeddings [N, D] (not normalised, as upstream)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.p.finetune_backbone):
-            f = resnet_features(self.backbone, batch["images"])
+        store = self._prefixes["image"].store if self._prefixes else None
+        rows = store.get_alias(batch["filenames"]) if store is not None and "filenames" in batch else None
+        if rows is not None:
+            f = unpack_maps(rows.to(self.agg.fc_1.weight.device), self._MAPS)
+        else:
+            f = self._stages(batch["images"])
         vl = self.sfgs(f["stem"])
         vg = self.vmsf(f["f2"], f["f3"], f["f4"])
         return self.agg.fc_2(torch.relu(self.agg.fc_1(torch.cat([vl, vg], dim=1))))

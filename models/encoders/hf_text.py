@@ -40,6 +40,7 @@ def load_hf_encoder(path: str, key: str) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # its load report lists the pooler it was told to drop; coverage is checked here
+    hf_logging.disable_progress_bar()
     check_required_files(text_required_files(path, key), "missing pretrained file",
                          "point the key at a folder saved with save_pretrained, or set model.pretrained=false")
     try:

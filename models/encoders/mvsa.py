@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.encoders.cnn import build_resnet, resnet_features
 from core.errors import ConfigError
+from models.encoders.cnn import build_resnet
+from models.encoders.multiscale import STAGES, build_stage_backbone, is_resnet_name, stage_features, stage_widths
 
 # own module name -> upstream module name (AMFMN and GaLR use the same names)
 UPSTREAM_NAMES = {
@@ -90,45 +91,57 @@ class MVSA(nn.Module):
 
 
 class MVSAImageTower(nn.Module):
-    """ResNet backbone + MVSA (the image side of AMFMN and GaLR's global branch).
+    """Multi-scale backbone + MVSA (the image side of AMFMN and GaLR's global branch).
 
     Args:
         embed_dim: output size.
         image_size: input side (see :class:`MVSA`).
-        arch: torchvision ResNet name, or ``timm:<name>`` for a tiny random timm net in tests (stages of
-            strides 4, 8, 16, 32).
-        pretrained: load ImageNet weights from ``weights`` (local file).
+        arch: torchvision ResNet name (the paper's, with upstream keys), or any timm model name
+            (:mod:`models.encoders.multiscale`; ``timm:<name>`` is the same name). MVSA is built for the
+            backbone's stage widths (its first layers are linear in the channels, so no adapter is needed).
+        pretrained: load the weights from ``weights`` (ResNet) or ``timm_weights`` (timm backbone).
         weights: path of the torchvision checkpoint, e.g. ``pretrained/resnet18-f37072fd.pth``.
         normalize: L2-normalise the MVSA output.
+        timm_weights: weights file of a timm backbone (``model.params.backbone_weights``; local or ``pkg:``).
+        finetune: train the backbone; False freezes it (BatchNorm in eval mode; a feature-cache prefix).
     """
 
     def __init__(self, embed_dim: int, image_size: int, arch: str = "resnet18", pretrained: bool = False,
-                 weights: str = "", normalize: bool = True) -> None:
+                 weights: str = "", normalize: bool = True, timm_weights: str = "", finetune: bool = True) -> None:
         super().__init__()
-        self.timm = arch.startswith("timm:")
-        if self.timm:  # tiny timm nets (e.g. timm:test_resnet) keep CPU tests fast; no weights, no upstream keys
-            if pretrained:
-                raise ConfigError(f"backbone '{arch}' is for tests only: use model.pretrained=false")
-            import timm
-
-            self.backbone = timm.create_model(arch[5:], pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
-            widths = tuple(self.backbone.feature_info.channels())
+        self.timm = not is_resnet_name(arch)
+        self.finetune = finetune
+        if self.timm:
+            self.backbone = build_stage_backbone(arch, pretrained, timm_weights, "", "model.params.backbone_weights",
+                                                 image_size)
         else:
             self.backbone = build_resnet(arch, pretrained, weights,
                                          f"ImageNet {arch} weights (torchvision layout; model.params.resnet_weights)")
             # The classifier is never used; it stays so upstream checkpoints (which hold it) load, but takes no
             # gradient, which keeps DDP from waiting for it.
             self.backbone.fc.requires_grad_(False)
-            layers = [getattr(self.backbone, f"layer{k}")[-1] for k in range(1, 5)]
-            widths = tuple((blk.bn3 if hasattr(blk, "bn3") else blk.bn2).num_features for blk in layers)
-        self.mvsa = MVSA(embed_dim, image_size, widths, normalize=normalize)
+        if not finetune:
+            self.backbone.requires_grad_(False)
+        widths = stage_widths(self.backbone)
+        self.mvsa = MVSA(embed_dim, image_size, tuple(widths[s] for s in STAGES), normalize=normalize)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Args: images [B, 3, S, S]. Returns: (global feature [B, D], the ResNet stage dict)."""
-        if self.timm:
-            feats = dict(zip(("f1", "f2", "f3", "f4"), self.backbone(images)))
-        else:
-            feats = resnet_features(self.backbone, images)
+    def train(self, mode: bool = True) -> "MVSAImageTower":
+        super().train(mode)
+        if not self.finetune:
+            self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics
+        return self
+
+    def stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """f1..f4 of the backbone (no graph through a frozen one)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):
+            feats = stage_features(self.backbone, images)
+        return {s: feats[s] for s in STAGES}
+
+    def forward(self, images: torch.Tensor, feats: dict[str, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Args: images [B, 3, S, S] (or precomputed ``feats``). Returns: (global feature [B, D], f1..f4)."""
+        if feats is None:
+            feats = self.stages(images)
         return self.mvsa(feats), feats
 
 

@@ -67,7 +67,7 @@ def test_tiny_forward_backward_and_sims():
 
 
 def test_missing_pretrained_files_one_error(tmp_path):
-    cfg = load_config("configs/tests/tiny_amfmn.yaml", ["model.pretrained=true",
+    cfg = load_config("configs/tests/tiny_amfmn.yaml", ["model.pretrained=true", "model.params.backbone=resnet18",
                                                          f"model.params.resnet_weights={tmp_path}/r18.pth",
                                                          f"model.params.skipthought_dir={tmp_path}/st"])
     with pytest.raises(FileNotFoundError) as e:

@@ -179,8 +179,8 @@ def test_npy_source_without_file_and_random_init_uses_zeros(tmp_path):
 
 
 def test_missing_pretrained_files_one_error(tmp_path):
-    cfg = _tiny_cfg("model.pretrained=true", f"model.params.resnet_weights={tmp_path}/r18.pth",
-                    f"model.params.skipthought_dir={tmp_path}/st", "model.params.local_source=npy",
+    cfg = _tiny_cfg("model.pretrained=true", "model.params.backbone=resnet18",  # the paper's ResNet reads the file
+                    f"model.params.resnet_weights={tmp_path}/r18.pth", f"model.params.skipthought_dir={tmp_path}/st", "model.params.local_source=npy",
                     f"model.params.local_path={tmp_path}/rsitmd_local.npy")
     with pytest.raises(FileNotFoundError) as e:
         build_model(cfg.model, CTX)

