@@ -17,6 +17,11 @@ from-scratch run on the real UCM images. About 7 minutes on one H100/H200; print
 3. ``ucm``: ``configs/ucm_galr.yaml`` (then the others of ``--ucm-configs`` while the time budget lasts) trained from
    scratch at full size on the UCM images for ``--ucm-epochs`` epochs; val mR per epoch, chance level, test mR.
 
+Time: a real run has a budget (``--budget-s``, 420 s: the tests part may take 40 % of it, the throughput rows run
+until 70 % has passed, the UCM runs while it lasts), so that it fits a device lease. A dry run has none (its
+default ``--budget-s 0`` means no budget): it checks the code, and on a slow or busy machine every part still runs
+to the end, so what it reports never depends on the machine's speed.
+
 The UCM folder (holding ``ucm_precomp/``) is ``--ucm``, else ``$RSITR_UCM_DIR``, else the first that exists of
 ``../shared/data/ucm``, ``shared/data/ucm`` and ``.gpu_data/ucm`` (relative to the repository root). The device
 machine sees only the repository and what a run carries, and at most 64 MiB of it: carry a ``--pack-ucm`` copy.
@@ -128,8 +133,9 @@ def _tensor_sum(out: Any) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- 1. tests
-def run_tests(out: Path, dry: bool, timeout: float) -> dict[str, Any]:
-    """``pytest -m gpu tests/gpu`` in a subprocess; outcomes from its JUnit XML."""
+def run_tests(out: Path, dry: bool, timeout: float | None) -> dict[str, Any]:
+    """``pytest -m gpu tests/gpu`` in a subprocess (killed after ``timeout`` s; None: no limit); outcomes from its
+    JUnit XML."""
     xml = out / "gpu_tests.xml"
     env = dict(os.environ, CUBLAS_WORKSPACE_CONFIG=":4096:8", PYTHONUNBUFFERED="1")
     if dry:
@@ -239,12 +245,13 @@ def measure_method(method: str, args, ucm: Path | None, device: torch.device) ->
     return row
 
 
-def run_throughput(args, methods: list[str], ucm: Path | None, device: torch.device, deadline: float,
+def run_throughput(args, methods: list[str], ucm: Path | None, device: torch.device, deadline: float | None,
                    part: dict[str, Any], save: Callable[[], None]) -> None:
-    """Fill ``part`` with one row per method (saved after each row, so a killed run keeps what it measured)."""
+    """Fill ``part`` with one row per method (saved after each row, so a killed run keeps what it measured); rows
+    after ``deadline`` (``time.perf_counter`` seconds; None: none) are skipped."""
     part.update(data=str(ucm) if ucm else "demo (generated)", workers=args.workers, rows=[])
     for m in methods:
-        if time.perf_counter() > deadline:
+        if deadline is not None and time.perf_counter() > deadline:
             part["rows"].append({"method": m, "error": "skipped: time budget spent"})
             continue
         try:
@@ -295,9 +302,10 @@ def train_ucm(name: str, args, ucm: Path, device: torch.device, out_dir: Path) -
             "wall_s": time.perf_counter() - t0}
 
 
-def run_ucm(args, ucm: Path | None, device: torch.device, deadline: float, part: dict[str, Any],
+def run_ucm(args, ucm: Path | None, device: torch.device, deadline: float | None, part: dict[str, Any],
             save: Callable[[], None]) -> None:
-    """Fill ``part`` with one UCM run per config while the budget lasts (saved after each run)."""
+    """Fill ``part`` with one UCM run per config while the budget lasts (until ``deadline``; None: every config;
+    saved after each run)."""
     if ucm is None:
         part.update(data=None, runs=[], note="UCM folder not found (see --ucm)")
         return
@@ -305,7 +313,7 @@ def run_ucm(args, ucm: Path | None, device: torch.device, deadline: float, part:
     runs, last = part["runs"], 0.0
     with tempfile.TemporaryDirectory(prefix="rsitr_gpu_check_") as tmp:
         for name in args.ucm_configs:
-            left = deadline - time.perf_counter()
+            left = deadline - time.perf_counter() if deadline is not None else math.inf
             if runs and left < 1.2 * last or left <= 0:
                 runs.append({"config": f"{name}.yaml", "error": f"skipped: {left:.0f}s of the budget left"})
                 continue
@@ -404,7 +412,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", default="", help="comma-separated methods (default: every method with a config)")
     p.add_argument("--ucm-configs", default=",".join(UCM_CONFIGS), help="UCM configs, in order, while time lasts")
     p.add_argument("--ucm-epochs", type=int, default=None, help="default 5 (1 in a dry run)")
-    p.add_argument("--budget-s", type=float, default=420.0, help="time budget of the whole check in seconds")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="time budget of the whole check in seconds (default 420; a dry run: 0 = no budget)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per method (default 10; 2 in a dry run)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 1 in a dry run)")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default min(8, cpus); 0 in a dry run)")
@@ -421,6 +430,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.loader_batches = args.loader_batches or (2 if dry else 8)
     args.ucm_epochs = args.ucm_epochs or (1 if dry else 5)
     args.device = args.device or ("cpu" if dry else "cuda")
+    args.budget_s = args.budget_s if args.budget_s is not None else (0.0 if dry else 420.0)
     args.ucm_configs = [c.strip() for c in args.ucm_configs.split(",") if c.strip()]
     args.parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     return args
@@ -450,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)  # configs name files relative to the repository root
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
-    deadline = t0 + args.budget_s
+    budget = args.budget_s if args.budget_s > 0 else None  # 0: no budget (the dry run's default)
+    deadline = t0 + budget if budget is not None else None
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -458,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or all_methods(args.dry_run)
     ucm = find_ucm(args.ucm)
     res: dict[str, Any] = {"version": 1, "dry_run": args.dry_run, "complete": False,
-                           "environment": environment(device), "budget_s": args.budget_s}
+                           "environment": environment(device), "budget_s": budget}
 
     def save() -> None:  # after every part and row: a run stopped at its time limit keeps what it measured
         res["wall_s"] = time.perf_counter() - t0
@@ -467,10 +478,11 @@ def main(argv: list[str] | None = None) -> int:
 
     save()
     if "tests" in args.parts:  # at most 40 % of the budget
-        res["tests"] = run_tests(out, args.dry_run, timeout=0.4 * args.budget_s)
+        res["tests"] = run_tests(out, args.dry_run, timeout=0.4 * budget if budget is not None else None)
         save()
     if "throughput" in args.parts:  # until 70 % of the budget has passed
-        run_throughput(args, methods, ucm, device, t0 + 0.7 * args.budget_s, res.setdefault("throughput", {}), save)
+        run_throughput(args, methods, ucm, device, t0 + 0.7 * budget if budget is not None else None,
+                       res.setdefault("throughput", {}), save)
     if "ucm" in args.parts:
         run_ucm(args, ucm, device, deadline, res.setdefault("ucm", {}), save)
     res["complete"] = True

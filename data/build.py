@@ -198,12 +198,15 @@ def train_loader(bundle: DataBundle, cfg: DataCfg, *, distributed: bool, seed: i
     if bundle.train is None:
         raise ValueError("train_loader needs a bundle built with the 'train' split")
     world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
-    if cfg.cache:  # decode every image of the run now: a broken file in any split stops it before the first epoch
-        fill_cache(cache_jobs(bundle, cfg, [s for s in ("train", "val", "test") if s not in pixel_splits]))
+    # decode every image of the run now: a broken file in any split stops it before the first epoch; the loader's
+    # dataset holds the caches, so the run's train, val and test pixels stay pinned (data/images.py) while it lives
+    skip = [s for s in ("train", "val", "test") if s not in pixel_splits]  # their features are cached instead
+    pinned = fill_cache(cache_jobs(bundle, cfg, skip)) if cfg.cache else []
     dataset = CaptionTrainDataset(bundle.train, bundle.tokenizer, build_transform(cfg.transform, True, cfg.image_size),
                                   bundle.scene_ids(bundle.train), seed, cfg.word_deletion,
                                   load_caption_weights(cfg.cap_weight_file, bundle.train.captions)
                                   if cfg.cap_weight_file else None, cache=cfg.cache, pixels=pixels)
+    dataset.pinned = pinned
     try:
         sampler = EpochSampler(len(dataset), cfg.batch_size, seed=seed, rank=rank, world_size=world)
     except ValueError as e:

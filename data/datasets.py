@@ -92,7 +92,13 @@ class CaptionTrainDataset(Dataset):
         cache: decode every image once, here, into a ``data.images.PixelCache`` (``data.cache``).
         pixels: False when the model reads this split's image features from a cache (a locked image tower,
             ``engine/feature_cache.py``): items then carry no ``image`` and no file is decoded.
+
+    Attributes:
+        pinned: pixel caches kept alive with the dataset (``data.build.train_loader`` puts the run's val and test
+            caches here, so their entries stay in the pixel store between evaluations).
     """
+
+    pinned: list = []
 
     def __init__(self, split: PrecompSplit, tokenizer: Tokenizer, transform: Callable, scene_ids: Sequence[int],
                  seed: int = 0, word_deletion: float = 0.0, cap_weight: Sequence[float] | None = None,

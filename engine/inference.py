@@ -1,4 +1,7 @@
-"""Load a trained rsitr checkpoint for inference (search, pictures, notebooks): model + tokenizer + transform."""
+"""Load a trained rsitr checkpoint for inference (search, pictures, notebooks): model + tokenizer + transform.
+
+Images reach the model through training's reader (``data.images``), so a 16-bit or float raster is served exactly as it
+was trained on."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from data.images import decode_rgb, load_image
 from data.tokenize import Tokenizer, tokenizer_from_state
 from data.transforms import build_transform
 from engine.checkpoint import load_checkpoint
@@ -48,10 +52,19 @@ class Loaded:
 
     @torch.no_grad()
     def encode_images(self, images: list[Any], filenames: list[str] | None = None) -> torch.Tensor:
-        """[len(images), D] embeddings of PIL images."""
-        x = torch.stack([self.transform(im.convert("RGB")) for im in images]).to(self.device)
+        """[len(images), D] embeddings of PIL images, made 8-bit RGB by training's reader (``data.images``: deep
+        one-band images scaled by their range, not clipped by ``convert("RGB")``)."""
+        x = torch.stack([self.transform(decode_rgb(im)) for im in images]).to(self.device)
         names = filenames or [f"image_{i}.png" for i in range(len(images))]
         return self.model.encode_image({"images": x, "filenames": names}).float()
+
+    def encode_files(self, paths: list[str | Path]) -> torch.Tensor:
+        """[len(paths), D] embeddings of image files, decoded as training decodes them (``data.images.load_image``).
+
+        Raises:
+            DataError: a file that cannot be read (one line naming it).
+        """
+        return self.encode_images([load_image(p) for p in paths], [Path(p).name for p in paths])
 
 
 def checkpoint_identity(path: str | Path, epoch: int) -> str:

@@ -9,6 +9,12 @@ checkpoint identity and the file list, so a changed folder or model never mixes 
 FAISS index is built (exact up to 100k images, IVF above, or ``--kind``), the folder is completed (``meta.json``
 last) and the shards are removed. See ``engine/index.py`` for the folder layout; search it with
 ``scripts/search.py``. Exit code 2 with one line on bad input; nothing half-written is ever left as an index.
+
+Images are decoded by training's reader (``data.images``: 16-bit and float one-band rasters scaled by their range,
+16-bit RGB refused), so the index holds the embeddings of the pixels the model was trained on. Before encoding,
+the header of every image is checked once: unreadable files, 16-bit RGB files and images over Pillow's pixel limit
+(about 179 Mpx, e.g. full satellite scenes: tile or downscale them) are all named in one line; a file whose pixels
+then fail to decode is named with every other one of its chunk.
 """
 from __future__ import annotations
 
@@ -25,10 +31,10 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from data.images import bad_files_error, check_images, read_image  # noqa: E402
 from search.index import (AUTO_EXACT_MAX, KINDS, IndexFolderError, ShardStore, files_digest,  # noqa: E402
                           list_images, write_index)
 
@@ -60,7 +66,7 @@ class BuildError(ValueError):
 
 
 class FolderImages(Dataset):
-    """Images ``root/files[i]`` through the model's eval transform; yields (tensor [3, S, S], name)."""
+    """Images ``root/files[i]`` through the model's eval transform; yields (tensor [3, S, S] or None, name, why)."""
 
     def __init__(self, root: Path, files: list[str], transform: Callable) -> None:
         self.root, self.files, self.transform = root, files, transform
@@ -68,36 +74,43 @@ class FolderImages(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str]:
-        path = self.root / self.files[i]
-        try:
-            with Image.open(path) as img:
-                return self.transform(img.convert("RGB")), Path(self.files[i]).name
-        except (OSError, UnidentifiedImageError) as e:
-            # reported from the main process: an exception raised in a worker arrives as a multi-line wrapper
-            return None, f"cannot read image {path}: {e}"
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str, str]:
+        img, why = read_image(self.root / self.files[i])  # training's reader (data.images)
+        # a bad file is reported from the main process: an exception raised in a worker arrives as a multi-line
+        # wrapper
+        return (self.transform(img) if img is not None else None), self.files[i], why
 
 
-def _collate(items: list[tuple[torch.Tensor | None, str]]) -> dict[str, Any]:
-    errors = [msg for x, msg in items if x is None]
+def _collate(items: list[tuple[torch.Tensor | None, str, str]]) -> dict[str, Any]:
+    errors = [(name, why) for x, name, why in items if x is None]
     if errors:
         return {"errors": errors}
-    return {"images": torch.stack([x for x, _ in items]), "filenames": [n for _, n in items]}
+    return {"images": torch.stack([x for x, _, _ in items]), "filenames": [Path(n).name for _, n, _ in items]}
 
 
 @torch.no_grad()
-def encode_shard(model: torch.nn.Module, data: Dataset, args: argparse.Namespace, device: torch.device,
+def encode_shard(model: torch.nn.Module, data: FolderImages, args: argparse.Namespace, device: torch.device,
                  bar: tqdm) -> np.ndarray:
-    """Embeddings of one shard's images. Returns: [n, D] float32."""
+    """Embeddings of one shard's images. Returns: [n, D] float32.
+
+    Raises:
+        DataError: one line naming every image of the shard that cannot be decoded.
+    """
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=_collate)
-    out = []
+    out, bad = [], []
     for batch in loader:
         if "errors" in batch:
-            raise BuildError(batch["errors"][0])
+            bad += batch["errors"]
+            continue
+        if bad:  # the shard fails anyway: only look for the other bad files
+            continue
         emb = model.encode_image({"images": batch["images"].to(device), "filenames": batch["filenames"]})
         out.append(emb.float().cpu().numpy())
         bar.update(len(batch["filenames"]))
+    if bad:
+        raise bad_files_error([(data.root / n, why) for n, why in bad], len(data), f"--images {data.root}",
+                              "replace, re-export or remove them")
     return np.concatenate(out, axis=0)
 
 
@@ -135,6 +148,9 @@ def build(args: argparse.Namespace) -> int:
     files = list_images(root)
     if not files:
         raise BuildError(f"no .tif/.tiff/.jpg/.jpeg/.png images below {root}")
+    # headers of every image, before the model is loaded: every missing / non-image / 16-bit RGB / over-the-pixel-
+    # limit file in one line
+    check_images([root / f for f in files], f"--images {root}", "replace, re-export or remove them")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt_path = str(Path(args.resume).resolve())
     loaded = load_model_from_checkpoint(ckpt_path, device=str(device))

@@ -24,8 +24,8 @@ import logging  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
 
+from data.images import read_image  # noqa: E402
 from search.index import ImageIndex, IndexFolderError, load_index  # noqa: E402
 from search.pictures import Panel, draw_grid  # noqa: E402
 from search.query import (QueryError, encode_image, encode_texts, load_model, open_image,  # noqa: E402
@@ -72,11 +72,8 @@ def save_grid(path: str, title: str, index: ImageIndex, scores: list, ids: list,
     """Draw the results (query as title) and write the PNG atomically."""
     panels = []
     for r, (s, i) in enumerate(zip(scores, ids), 1):
-        try:
-            with Image.open(index.path(i)) as img:
-                pic = img.convert("RGB")
-        except (OSError, UnidentifiedImageError):
-            pic = None  # moved or unreadable since indexing: a grey "missing" tile
+        pic, _ = read_image(index.path(i))  # training's reader: the pixels the model saw
+        # (None: moved or unreadable since indexing, drawn as a grey "missing" tile)
         panels.append(Panel(pic, f"#{r}  {s:.3f}\n{Path(index.files[i]).name}"))
     grid, _ = draw_grid(title, panels, cols=cols, panel=panel)
     out = Path(path)

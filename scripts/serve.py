@@ -13,6 +13,13 @@ Safe by default: binds to loopback (``--host 0.0.0.0`` exposes it to the network
 search the index and view its images); serves only images listed in the index; uploads are limited to
 ``--max-upload-mb``. The model and the index are loaded once, before the server starts; the ranking is
 ``search/query.py``'s, the same as ``scripts/search.py``'s. Exit code 2 with one line on bad input.
+
+Other sites' pages (``search.app.RequestGuard``): requests are answered only when addressed (``Host`` header) to a
+name of the bound address: ``127.0.0.1``, ``localhost``, ``::1`` on loopback; the given address or name otherwise;
+for ``0.0.0.0`` / ``::`` the loopback names and this machine's host name, fully qualified name and addresses.
+``--allow-host NAME`` (repeatable; ``*.example.org`` for a domain, ``*`` for any name, which gives up the DNS
+rebinding protection) adds the names clients use, e.g. the name a reverse proxy forwards (keep the ``Host``
+header there). Uploads and other state-changing requests from a page of another origin are refused.
 """
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 import ipaddress  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
 
 from search.index import IndexFolderError  # noqa: E402
 from search.query import QueryError, Searcher  # noqa: E402
@@ -39,12 +48,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shortlist", type=int, default=200, help="candidates re-scored for non-cosine methods")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image upload")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a further Host name clients reach the server by (repeatable; *.domain for a domain, * for "
+                        "any name: no DNS rebinding protection)")
     args = p.parse_args(argv)
+    for name in args.allow_host:
+        if not HOST_NAME.match(name):
+            p.error(f"--allow-host {name!r}: give a host name or address without scheme or port "
+                    "(e.g. search.example.org, *.example.org, 192.168.1.5)")
     if not 0 <= args.port <= 65535:
         p.error("--port must be in 0..65535")
     if args.max_upload_mb <= 0:
         p.error("--max-upload-mb must be > 0")
     return args
+
+
+HOST_NAME = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[?[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?)$")
+WILDCARD_BINDS = ("0.0.0.0", "::", "[::]", "")
+
+
+def machine_names() -> list[str]:
+    """This machine's host name, fully qualified name and the addresses they resolve to (best effort)."""
+    names = [socket.gethostname(), socket.getfqdn()]
+    try:
+        names += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)]
+    except OSError:
+        pass
+    return names
+
+
+def allowed_hosts_for(host: str, extra: list[str]) -> list[str] | None:
+    """Host header names the server answers when bound to ``host``, plus ``extra`` (``--allow-host``).
+
+    Returns:
+        The names (lower case, in order, no repeats), or None when ``extra`` holds ``*`` (any name).
+    """
+    from search.app import LOOPBACK_HOSTS
+
+    if "*" in extra:
+        return None
+    if host in WILDCARD_BINDS:
+        names = [*LOOPBACK_HOSTS, *machine_names()]
+    elif is_loopback(host):
+        names = [*LOOPBACK_HOSTS, host]
+    else:
+        names = [host]
+    return list(dict.fromkeys(n.lower().strip("[]") for n in [*names, *extra] if n))
 
 
 def is_loopback(host: str) -> bool:
@@ -60,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad input)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from search.app import LOOPBACK_HOSTS, create_app, serve  # heavy imports after argument checks
+    from search.app import create_app, serve  # heavy imports after argument checks
 
     try:
         captions = None
@@ -76,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     if not local:
         logging.warning("serving on %s: anyone who reaches this address can search the index and view its images",
                         args.host)
-    app = create_app(searcher, int(args.max_upload_mb * 1024 * 1024), LOOPBACK_HOSTS if local else None)
-    print(f"serving {searcher.index.meta['n']} images of {args.index} on http://{args.host}:{args.port}/",
-          flush=True)
+    hosts = allowed_hosts_for(args.host, args.allow_host)
+    if hosts is None:
+        logging.warning("--allow-host '*': requests addressed to any name are answered (no DNS rebinding protection)")
+    app = create_app(searcher, int(args.max_upload_mb * 1024 * 1024), hosts)
+    print(f"serving {searcher.index.meta['n']} images of {args.index} on http://{args.host}:{args.port}/ "
+          f"(requests addressed to {', '.join(hosts) if hosts is not None else 'any name'})", flush=True)
     serve(app, args.host, args.port)
     return 0
 

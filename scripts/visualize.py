@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from data.images import read_image  # noqa: E402
 from search.pictures import Panel, draw_caption_panel, draw_grid  # noqa: E402
 
 log = logging.getLogger("rsitr.visualize")
@@ -98,11 +99,8 @@ def _save(pic: Image.Image, path: Path) -> None:
 
 
 def _open(path: Path) -> Image.Image | None:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except OSError:
-        return None
+    """The image as training decodes it (``data.images``), or None (drawn as a "missing" tile)."""
+    return read_image(path)[0]
 
 
 def stack_sheet(pictures: list[Image.Image], gap: int = 6, colours: int = 256) -> Image.Image:

@@ -20,6 +20,18 @@ traceback here and answered with a 500 and one line, never a trace):
 Result rows are ``{"rank", "score", "row", "file", "image", "thumb"}``. Only paths listed in the index are served:
 an absolute path, a ``..`` or ``.`` segment or a backslash is refused (400) before any lookup, and a path that is
 not in the index is not found (404), so nothing outside the index can be read.
+
+Other sites' pages (:class:`RequestGuard`, before any route runs):
+
+* Host check (DNS rebinding: a page whose name is made to resolve to this server reads it as its own origin): a
+  request is answered only when its ``Host`` header is one of ``allowed_hosts`` (``scripts/serve.py``: the names of
+  the address it binds, plus ``--allow-host``); any other Host gets a 400.
+* Origin check (cross-site request forgery: any page may POST a multipart upload without a CORS preflight): a
+  state-changing request (every method but GET / HEAD / OPTIONS) that a browser marks as coming from another origin
+  (an ``Origin`` header other than this server's own scheme, host and port, ``Origin: null``, or
+  ``Sec-Fetch-Site: cross-site`` / ``same-site``) gets a 403. Requests without these headers (scripts, curl) are
+  not from a web page and pass. The page itself is same-origin, so its uploads pass. GET routes change nothing,
+  and without CORS headers another origin cannot read their answers.
 """
 from __future__ import annotations
 
@@ -32,16 +44,16 @@ import time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import quote
+from typing import Any, Iterator, Sequence
+from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from search.query import Hit, QueryError, Searcher, open_image
 
@@ -52,7 +64,9 @@ MAX_UPLOAD = 20 * 1024 * 1024  # bytes; remote-sensing tiles are rarely above a 
 MAX_K = 100
 THUMB = 256  # thumbnail side in pixels
 BROWSER_FORMATS = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # methods that change nothing: no Origin check
+DEFAULT_PORTS = {"http": 80, "https": 443}
 HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
                                       "frame-ancestors 'none'"}
@@ -72,6 +86,70 @@ def check_path(rel: str) -> str:
             or any(part in ("", ".", "..") for part in rel.split("/"))):
         raise HTTPException(400, "path refused: only the relative paths of images in the index are served")
     return rel
+
+
+def _host_port(netloc: str, scheme: str) -> tuple[str, int | None] | None:
+    """(lower-case host without IPv6 brackets, port or the scheme's default) of ``host[:port]``; None if malformed."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or parts.username is not None or parts.path or parts.query:
+        return None
+    return host.lower(), port if port is not None else DEFAULT_PORTS.get(scheme)
+
+
+def host_matches(host: str, patterns: Sequence[str]) -> bool:
+    """Whether ``host`` (lower case, no port) is one of ``patterns``: exact names, ``*.domain`` or ``*``."""
+    for pattern in patterns:
+        pattern = pattern.lower().strip("[]")
+        if pattern == "*" or host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
+
+
+class RequestGuard:
+    """ASGI middleware: the Host check and the Origin check of the module docstring, answered as one-line errors.
+
+    Args:
+        app: the wrapped app.
+        allowed_hosts: accepted ``Host`` names (``*.domain`` and ``*`` allowed); None accepts any Host.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str] | None) -> None:
+        self.app, self.allowed_hosts = app, list(allowed_hosts) if allowed_hosts is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = self.refusal(scope["method"], Headers(scope=scope), scope.get("scheme", "http"))
+            if refused is not None:
+                await error(*refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, method: str, headers: Headers, scheme: str) -> tuple[int, str] | None:
+        """(status, message) of a refused request, or None."""
+        raw = headers.get("host", "")
+        here = _host_port(raw, scheme)
+        if here is None:
+            return 400, f"bad Host header {raw[:100]!r}"
+        if self.allowed_hosts is not None and not host_matches(here[0], self.allowed_hosts):
+            return 400, (f"Host {here[0][:100]!r} is not a name of this server (a page using DNS rebinding?); if "
+                         f"it is, start scripts/serve.py with --allow-host {here[0][:100]}")
+        if method.upper() in SAFE_METHODS:
+            return None
+        site = headers.get("sec-fetch-site", "").lower()
+        origin = headers.get("origin")
+        if origin is not None:
+            there = _host_port(urlsplit(origin).netloc, urlsplit(origin).scheme) if origin != "null" else None
+            if there is None or urlsplit(origin).scheme != scheme or there != here:
+                return 403, (f"cross-site request refused: a page of {origin[:100]} may not send {method} requests "
+                             "to this server; use the search page of this server itself")
+        elif site in ("cross-site", "same-site"):
+            return 403, (f"cross-site request refused: the browser marks this {method} as sent by a page of another "
+                         f"site (Sec-Fetch-Site: {site}); use the search page of this server itself")
+        return None
 
 
 class App:
@@ -114,19 +192,20 @@ class App:
                 for r, (s, c) in enumerate(self.searcher.captions(emb, k), 1)]
 
 
-def create_app(searcher: Searcher, max_upload: int = MAX_UPLOAD, allowed_hosts: list[str] | None = None) -> FastAPI:
+def create_app(searcher: Searcher, max_upload: int = MAX_UPLOAD,
+               allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS) -> FastAPI:
     """The FastAPI app over ``searcher``.
 
     Args:
         max_upload: largest accepted image upload in bytes (413 above).
-        allowed_hosts: Host header values accepted (``None``: any). Binding to loopback should pass
-            ``LOOPBACK_HOSTS``, so that a web page cannot reach the server through DNS rebinding.
+        allowed_hosts: Host header names accepted (:class:`RequestGuard`; default the loopback names; ``None``: any
+            Host, which leaves the server open to DNS rebinding). ``scripts/serve.py`` passes the names of the
+            address it binds plus ``--allow-host``. Cross-site state-changing requests are refused either way.
     """
     state = App(searcher, max_upload)
     app = FastAPI(title="rsitr search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.searcher = searcher
-    if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(RequestGuard, allowed_hosts=allowed_hosts)
     k_param = Query(20, ge=1, le=MAX_K, description="number of results")
 
     @app.exception_handler(StarletteHTTPException)

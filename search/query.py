@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from data.images import BAD_IMAGE, PixelError, decode_rgb
 from engine.inference import Loaded, load_model_from_checkpoint
 from search.index import ImageIndex, load_index
 
@@ -79,20 +80,25 @@ def encode_texts(loaded: Any, texts: list[str], device: str | torch.device) -> t
 
 
 def open_image(source: Any, name: str) -> Image.Image:
-    """Decode an image (path or binary file object) to RGB.
+    """Decode an image (path or binary file object) to 8-bit RGB with training's reader (``data.images.decode_rgb``:
+    16-bit and float one-band rasters scaled by their range, 16-bit RGB refused), so a query is encoded from the
+    pixels the model was trained on.
 
     Raises:
-        NotAnImage: not an image PIL can read. ImageTooLarge: more than ``MAX_PIXELS`` pixels.
+        NotAnImage: not an image PIL can read, or pixels the reader refuses (the reason is given).
+        ImageTooLarge: more than ``MAX_PIXELS`` pixels.
     """
     try:
         with Image.open(source) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise ImageTooLarge(f"{name}: {img.width}x{img.height} pixels is too large "
                                  f"(at most {MAX_PIXELS // 1_000_000} megapixels)")
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
-        if isinstance(e, QueryError):
-            raise
+            return decode_rgb(img)
+    except QueryError:
+        raise
+    except PixelError as e:
+        raise NotAnImage(f"{name} cannot be used: {e}") from None
+    except (*BAD_IMAGE, UnidentifiedImageError):
         raise NotAnImage(f"{name} is not a readable image (.tif, .png or .jpg expected)") from None
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,9 +38,13 @@ def dry_run(tmp_path_factory) -> dict:
 
 
 def test_dry_run_gpu_tests_ran_on_cpu_and_passed(dry_run):
+    """What the dry run measured, whatever the machine's speed: it runs without a time budget (on a busy machine the
+    tests part once hit its 168 s share of a 420 s budget and was killed), so every case ran to its end."""
     t = dry_run["tests"]
     assert dry_run["dry_run"] is True and dry_run["complete"] is True and dry_run["environment"]["device"] == "cpu"
+    assert dry_run["budget_s"] is None  # no wall-clock budget: the verdict below cannot depend on the machine
     assert t["exit_code"] == 0, t["output_tail"]
+    assert t["wall_s"] >= sum(c["time_s"] for c in t["cases"]) > 0  # the cases' own measured times
     names = {c["name"] for c in t["cases"]}
     # the dry run restricts the AMP tests to vse: 2 AMP cases + 2 test.py comparisons + 1 resume
     assert names == {"test_amp_training_steps_are_finite_and_learn[vse-bf16]",
@@ -80,6 +85,54 @@ def test_dry_run_ucm_part_and_table(dry_run, shared_data):
     md = (Path(dry_run["_out"]) / "gpu_check.md").read_text()
     assert md.count("| train speed |") == len(TINY) and md.count("| UCM from scratch |") == len(ucm["runs"])
     assert (Path(dry_run["_out"]) / "gpu_tests.xml").is_file()
+
+
+class SlowClock:
+    """``time`` for gpu_check on a very slow machine: every reading is 1000 s after the one before."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1000.0
+        return self.now
+
+
+def test_dry_run_never_skips_or_kills_a_part_for_time(tmp_path, monkeypatch):
+    """The dry run on a machine where every step takes 1000 s: the tests part gets no timeout, and no throughput row
+    or UCM run is skipped for time (each part is stubbed to record what it was asked to run)."""
+    runs = {"timeout": [], "methods": [], "ucm": []}
+
+    def fake_pytest(cmd, **kw):
+        runs["timeout"].append(kw.get("timeout"))
+        xml = next(a.split("=", 1)[1] for a in cmd if a.startswith("--junitxml="))
+        Path(xml).write_text('<testsuite><testcase name="a" time="1.5"/><testcase name="b" time="2"/></testsuite>')
+        return SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(gpu_check, "time", SlowClock())
+    monkeypatch.setattr(gpu_check, "table", lambda res: "")  # the stub rows lack what the table prints
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_pytest)
+    monkeypatch.setattr(gpu_check, "measure_method", lambda m, *a: runs["methods"].append(m) or {"method": m})
+    monkeypatch.setattr(gpu_check, "train_ucm",
+                        lambda name, *a: runs["ucm"].append(name) or {"config": f"{name}.yaml", "epochs": 1})
+    ucm = tmp_path / "ucm"
+    (ucm / "ucm_precomp").mkdir(parents=True)
+    (ucm / "ucm_precomp" / "train_caps.txt").write_text("x\n")
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path / "out"), "--ucm", str(ucm), "--methods", "vse,galr",
+                           "--ucm-configs", "ucm_galr,ucm_amfmn"]) == 0
+    res = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert runs == {"timeout": [None], "methods": ["vse", "galr"], "ucm": ["ucm_galr", "ucm_amfmn"]}
+    assert res["budget_s"] is None and res["tests"]["counts"]["passed"] == 2
+    assert [r for r in res["throughput"]["rows"] if "error" in r] == [] and len(res["ucm"]["runs"]) == 2
+    assert all("error" not in r for r in res["ucm"]["runs"])
+    # a real run keeps its budget: the same slow clock skips what does not fit
+    runs.update(timeout=[], methods=[], ucm=[])
+    monkeypatch.setattr(gpu_check, "time", SlowClock())
+    assert gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "real"), "--ucm", str(ucm), "--methods",
+                           "vse,galr", "--ucm-configs", "ucm_galr"]) == 0
+    res = json.loads((tmp_path / "real" / "gpu_check.json").read_text())
+    assert runs["timeout"] == [pytest.approx(0.4 * 420)] and res["budget_s"] == 420
+    assert {r.get("error") for r in res["throughput"]["rows"]} == {"skipped: time budget spent"}
 
 
 def test_chance_level_matches_random_scores():

@@ -9,6 +9,7 @@ from PIL import Image
 import train
 from core.errors import DataError
 from data.images import check_images, clear_cache, load_image
+from tests.image_files import png_header_only, png_rgb16
 
 
 @pytest.fixture(autouse=True)
@@ -37,23 +38,71 @@ def test_16bit_png_and_constant_image(tmp_path):
     assert np.asarray(load_image(tmp_path / "c.tif")).max() == 0  # no range: 0 by the documented rule
 
 
-def _png_rgb16(path, arr):
-    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
-    import struct
-    import zlib
+def test_float_raster_nan_and_inf_are_nodata_scaled_by_the_finite_range(tmp_path):
+    # finite values 1..5: (v - 1) * 255 / 4 -> 1: 0, 3: 127.5 -> 128 (numpy rounds half to even), 5: 255; the
+    # NaN / inf pixels are nodata: 0. (Before: the NaN made min and max NaN and the whole image black.)
+    arr = np.array([[np.nan, 1.0], [3.0, np.inf], [-np.inf, 5.0]], np.float32)
+    Image.fromarray(arr).save(tmp_path / "dem.tif")
+    assert Image.open(tmp_path / "dem.tif").mode == "F"
+    got = np.asarray(load_image(tmp_path / "dem.tif"))
+    assert got[..., 0].tolist() == [[0, 0], [128, 0], [0, 255]] and (got == got[..., :1]).all()
+    # one NaN in a 16 x 16 gradient: every other pixel is exactly the NaN-free scaling of its own range
+    grad = np.arange(256, dtype=np.float32).reshape(16, 16) * 3.0 + 10
+    grad[5, 7] = np.nan
+    Image.fromarray(grad).save(tmp_path / "grad.tif")
+    got = np.asarray(load_image(tmp_path / "grad.tif"))[..., 0].astype(int)
+    finite = np.isfinite(grad)
+    want = np.round((grad - np.nanmin(grad)) * 255.0 / (np.nanmax(grad) - np.nanmin(grad)))
+    assert (got[finite] == want[finite]).all() and got[5, 7] == 0 and got.max() == 255
 
-    h, w, _ = arr.shape
-    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
 
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+def test_gdal_nodata_value_is_nodata_too(tmp_path):
+    from PIL import TiffImagePlugin
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    ifd[42113] = "-9999"  # GDAL's nodata tag, as gdal_translate writes it
+    ifd.tagtype[42113] = 2
+    Image.fromarray(np.array([[-9999, 10], [20, 30]], np.float32)).save(tmp_path / "nd.tif", tiffinfo=ifd)
+    # valid range 10..30: 10 -> 0, 20 -> 127.5 -> 128, 30 -> 255; -9999 -> 0 (not the minimum that squashes the rest)
+    assert np.asarray(load_image(tmp_path / "nd.tif"))[..., 0].tolist() == [[0, 0], [128, 255]]
+
+
+def test_all_nodata_image_is_a_one_line_error_and_constant_images_are_black(tmp_path):
+    Image.fromarray(np.full((4, 4), np.nan, np.float32)).save(tmp_path / "void.tif")
+    check_images([tmp_path / "void.tif"])  # the header is fine: the pixels tell
+    with pytest.raises(DataError) as err:
+        load_image(tmp_path / "void.tif")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"cannot decode image {tmp_path / 'void.tif'}: no valid pixel: every "
+                                               "pixel of this F image is NaN or inf")
+    from data.images import fill_cache
+
+    with pytest.raises(DataError, match=r"1 of 1 image files cannot be read: in .*: void.tif \(no valid pixel"):
+        fill_cache([([tmp_path / "void.tif"], None, "decoded")])
+    # one value among NaN pixels, or one value everywhere: no range, every pixel 0 (the documented rule)
+    Image.fromarray(np.array([[np.nan, 7.0], [7.0, np.inf]], np.float32)).save(tmp_path / "flat.tif")
+    Image.fromarray(np.full((3, 3), 0.5, np.float32)).save(tmp_path / "flat2.tif")
+    assert np.asarray(load_image(tmp_path / "flat.tif")).max() == 0
+    assert np.asarray(load_image(tmp_path / "flat2.tif")).max() == 0
+
+
+def test_images_over_the_pixel_limit_are_named_not_a_crash(tmp_path):
+    """A full scene of 15000 x 12000 = 180 Mpx is over Pillow's limit (2 * 89478485 px): before, Pillow's
+    DecompressionBombError (not an OSError) escaped the header check with a traceback."""
+    png_header_only(tmp_path / "scene.png", 15000, 12000)
+    Image.new("RGB", (8, 8)).save(tmp_path / "tile.png")
+    with pytest.raises(DataError) as err:
+        check_images([tmp_path / "tile.png", tmp_path / "scene.png"], "split(s) train")
+    msg = str(err.value)
+    assert "\n" not in msg and msg == (f"1 of 2 image files of split(s) train cannot be read: in {tmp_path}: "
+                                       "scene.png (180 Mpx, over Pillow's limit of 179 Mpx; tile it or downscale "
+                                       "it); fix the files or remove their lines from the *_filename.txt files")
+    with pytest.raises(DataError, match=r"cannot decode image .*scene.png: 180 Mpx, over Pillow's limit"):
+        load_image(tmp_path / "scene.png")
 
 
 def test_16bit_rgb_is_refused_not_darkened(tmp_path):
-    _png_rgb16(tmp_path / "rgb16.png", np.array([[[0, 1000, 4095], [2000, 3000, 100]]], np.uint16))
+    png_rgb16(tmp_path / "rgb16.png", np.array([[[0, 1000, 4095], [2000, 3000, 100]]], np.uint16))
     assert np.asarray(Image.open(tmp_path / "rgb16.png")).max() == 15  # what Pillow alone makes of 4095
     with pytest.raises(DataError, match="rgb16.png.*16 bits per sample"):
         load_image(tmp_path / "rgb16.png")

@@ -160,7 +160,9 @@ def test_bad_inputs_one_line_exit_2(best, demo_test, tmp_path, capsys):
     assert build_index.main(["--resume", best, "--images", str(bad), "--out", str(tmp_path / "b"), "--workers", "0",
                              "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot read image" in err and not (tmp_path / "b" / "meta.json").exists()
+    assert err.count("\n") == 1 and f"1 of 1 image files of --images {bad} cannot be read: in {bad}: broken.png (" \
+        in err
+    assert not (tmp_path / "b" / "meta.json").exists()
     assert search.main(["--index", str(tmp_path / "missing"), "a query"]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
-"""search/app.py refuses what it must: path traversal, oversized and non-image uploads, empty or bad queries.
+"""search/app.py refuses what it must: path traversal, oversized and non-image uploads, empty or bad queries,
+requests addressed to a foreign Host (DNS rebinding) and state-changing requests from other sites' pages (CSRF).
 
 The app runs over a stub model (an image's embedding is its mean colour), so every accepted request has a known
 answer: the refusals are checked next to the same requests done right.
@@ -23,6 +24,7 @@ from search.query import Searcher
 COLORS = {"red.png": (250, 10, 10), "green.png": (10, 240, 20), "sub/blue.tif": (0, 0, 255),
           "sub/grey.jpg": (128, 128, 128)}
 LIMIT = 64 * 1024  # upload limit of the app under test
+BASE = "http://127.0.0.1:8000"  # where the test client says it sends its requests (Host and same origin)
 
 
 class MeanColour(RetrievalModel):
@@ -60,8 +62,8 @@ def client(tmp_path_factory):
     out = tmp_path_factory.mktemp("idx") / "index"
     write_index(out, files, emb, images_root=str(root), checkpoint_id="stub", extra={"method": "stub"})
     loaded = SimpleNamespace(model=MeanColour(), tokenizer=Words(), transform=to_tensor, device="cpu")
-    app = create_app(Searcher(load_index(out), loaded), max_upload=LIMIT)
-    return TestClient(app, raise_server_exceptions=False)
+    app = create_app(Searcher(load_index(out), loaded), max_upload=LIMIT)  # default: the loopback names only
+    return TestClient(app, base_url=BASE, raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +198,110 @@ def test_internal_errors_answer_one_line(client, monkeypatch):
 
 
 def test_foreign_hosts_are_refused_when_bound_to_loopback(client):
-    local = TestClient(create_app(client.app.state.searcher, allowed_hosts=LOOPBACK_HOSTS),
-                       base_url="http://127.0.0.1:8000")
-    assert local.get("/api/info").json()["images"] == 4
-    assert local.get("/api/info", headers={"host": "evil.example:8000"}).status_code == 400
-    assert client.get("/api/info").json()["kind"] == "flat"
+    assert client.get("/api/info").json()["images"] == 4
+    for host in ("evil.example:8000", "evil.example", "127.0.0.1.evil.example"):
+        r = client.get("/api/info", headers={"host": host})
+        assert r.status_code == 400 and r.json()["error"].startswith(f"Host '{host.split(':')[0]}' is not a name of "
+                                                                     "this server"), host
+    assert client.get("/api/info", headers={"host": "localhost:8000"}).status_code == 200
+    assert client.get("/api/info", headers={"host": "[::1]:8000"}).status_code == 200
+    anyhost = TestClient(create_app(client.app.state.searcher, allowed_hosts=None), base_url="http://anything.example")
+    assert anyhost.get("/api/info").json()["kind"] == "flat"
+
+
+def _counting(client, monkeypatch) -> list:
+    calls, real = [], client.app.state.searcher.embed_image
+    monkeypatch.setattr(client.app.state.searcher, "embed_image", lambda *a: (calls.append(1), real(*a))[1])
+    return calls
+
+
+@pytest.mark.parametrize("headers", [
+    {"origin": "http://evil.example"}, {"origin": "null"}, {"origin": "http://127.0.0.1:3000"},
+    {"origin": "https://127.0.0.1:8000"}, {"origin": "http://localhost:8000"},
+    {"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"},
+])
+def test_cross_site_uploads_are_refused(client, monkeypatch, headers):
+    """A page of another origin POSTs a multipart upload (no CORS preflight needed): refused before it is read."""
+    calls = _counting(client, monkeypatch)
+    r = client.post("/api/image", files={"file": ("q.png", png_bytes((240, 20, 30)), "image/png")}, headers=headers)
+    assert r.status_code == 403 and r.json()["error"].startswith("cross-site request refused: ")
+    assert calls == []
+
+
+def test_same_origin_and_script_uploads_pass(client, monkeypatch):
+    calls = _counting(client, monkeypatch)
+    upload = {"file": ("q.png", png_bytes((240, 20, 30)), "image/png")}
+    for headers in ({"origin": BASE, "sec-fetch-site": "same-origin"},  # the page itself, as a browser sends it
+                    {"origin": "http://LOCALHOST:8000", "host": "localhost:8000"},  # another loopback name
+                    {}):  # curl / a script: no browser headers
+        r = client.post("/api/image", params={"k": 1}, files=upload, headers=headers)
+        assert r.status_code == 200 and r.json()["results"][0]["file"] == "red.png", headers
+    assert len(calls) == 3
+    # reading routes change nothing: another origin's GET passes the guard (and cannot read the answer: no CORS)
+    r = client.get("/api/info", headers={"origin": "http://evil.example", "sec-fetch-site": "cross-site"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_cross_site_upload_refused_by_the_real_server(live):
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + png_bytes((1, 2, 3)) + b"\r\n--b--\r\n")
+    for origin, status in (("http://evil.example", 403), (f"http://{live.netloc}", 200)):
+        conn = http.client.HTTPConnection(live.hostname, live.port, timeout=10)
+        try:
+            conn.request("POST", "/api/image", body, {"Content-Type": "multipart/form-data; boundary=b",
+                                                      "Origin": origin})
+            resp = conn.getresponse()
+            assert resp.status == status, (origin, resp.read())
+        finally:
+            conn.close()
+
+
+def _get_with_host(url, host: str) -> tuple[int, dict]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=10)
+    try:
+        conn.request("GET", "/api/info", headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_network_bind_refuses_foreign_hosts(client):
+    """Bound to every interface (``--host 0.0.0.0``): a DNS-rebound name is refused, the machine's names and
+    ``--allow-host`` names are answered."""
+    from scripts import serve
+
+    hosts = serve.allowed_hosts_for("0.0.0.0", ["search.lan", "*.corp.example"])
+    assert {"127.0.0.1", "localhost", "::1", "search.lan", "*.corp.example"} <= set(hosts)
+    with running(create_app(client.app.state.searcher, allowed_hosts=hosts), host="0.0.0.0") as url:
+        port = urlsplit(url).port
+        status, body = _get_with_host(url, f"evil.example:{port}")
+        assert status == 400 and body["error"].startswith("Host 'evil.example' is not a name of this server")
+        for name in ("search.lan", "a.corp.example", "localhost", "127.0.0.1", serve.machine_names()[0]):
+            assert _get_with_host(url, f"{name}:{port}") == (200, client.get("/api/info").json()), name
+    assert serve.allowed_hosts_for("10.1.2.3", []) == ["10.1.2.3"]
+    assert serve.allowed_hosts_for("127.0.0.1", []) == list(LOOPBACK_HOSTS)
+    assert serve.allowed_hosts_for("myhost.lan", ["Other.Lan"]) == ["myhost.lan", "other.lan"]
+    assert serve.allowed_hosts_for("0.0.0.0", ["*"]) is None
+
+
+def test_serve_wires_allow_host_into_the_app(client, monkeypatch, capsys):
+    import search.app
+    from scripts import serve
+
+    served = []
+    monkeypatch.setattr(serve.Searcher, "open", classmethod(lambda cls, *a, **kw: client.app.state.searcher))
+    monkeypatch.setattr(search.app, "serve", lambda app, host, port: served.append((app, host, port)))
+    assert serve.main(["--index", "idx", "--host", "10.1.2.3", "--allow-host", "search.lan"]) == 0
+    app, host, _ = served[0]
+    assert host == "10.1.2.3" and "(requests addressed to 10.1.2.3, search.lan)" in capsys.readouterr().out
+    assert TestClient(app, base_url="http://search.lan").get("/api/info").status_code == 200
+    assert TestClient(app, base_url="http://10.1.2.3:8000").get("/api/info").status_code == 200
+    assert TestClient(app, base_url="http://evil.example:8000").get("/api/info").status_code == 400
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--index", "idx", "--allow-host", "http://search.lan:8000"])
+    assert "give a host name or address without scheme or port" in capsys.readouterr().err
 
 
 def test_serve_bad_inputs_exit_2(tmp_path, capsys):
