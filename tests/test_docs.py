@@ -8,9 +8,12 @@ lines, with the test command that ``.ci/run`` runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from pathlib import Path
+
+from core import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 200
@@ -96,6 +99,25 @@ def test_readme_is_a_front_page_with_the_ci_test_command():
     assert len(lines) <= README_MAX_LINES
     ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci_command == ".venv/bin/python -m pytest" and ci_command in lines
+
+
+def schema_keys() -> list[str]:
+    """Every dotted key of the config schema (``loss.terms[i].<field>`` for the fields of one loss term)."""
+    keys = []
+    for section in dataclasses.fields(schema.Config):
+        if section.name == "source":
+            continue
+        for f in dataclasses.fields(section.type if isinstance(section.type, type) else getattr(schema, section.type)):
+            keys.append(f"{section.name}.{f.name}")
+    keys += [f"loss.terms[i].{f.name}" for f in dataclasses.fields(schema.LossTermCfg)]
+    return keys
+
+
+def test_config_reference_names_every_schema_key():
+    text = (ROOT / "docs" / "CONFIG.md").read_text()
+    keys = schema_keys()
+    assert "train.feature_cache_dir" in keys and "loss.terms[i].weight" in keys and len(keys) > 60
+    assert [k for k in keys if f"`{k}`" not in text] == []
 
 
 def test_checks_catch_broken_links_anchors_and_paths(tmp_path):
