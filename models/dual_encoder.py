@@ -37,7 +37,8 @@ from core.errors import ConfigError
 from core.feature_store import tokens_key
 from core.files import RequiredFile
 from models.base import FrozenPrefix, ModelContext, RetrievalModel
-from models.encoders.hf_text import HFTextTower, load_hf_encoder, random_hf_encoder, text_required_files
+from models.encoders.hf_text import (HFTextTower, hf_encoder_from_config, load_hf_encoder, random_hf_encoder,
+                                     text_required_files)
 from models.encoders.timm_tower import TimmImageTower
 from models.registry import MODELS
 
@@ -53,7 +54,7 @@ class DualEncoderParams:
     text_path: str = MINILM  # local transformers folder or pkg: reference (BERT family; read when pretrained)
     text_pooling: str = "mean"  # mean | cls
     text_unlocked: int = 0  # trained transformer layers: 0 = locked, k = the last k, -1 = all
-    text_random: tuple = (64, 2, 2)  # random-init text tower (model.pretrained: false): hidden, layers, heads
+    text_random: tuple = (64, 2, 2)  # text_path "" and model.pretrained false: random BERT of hidden, layers, heads
     proj_hidden: int = 0  # 0: linear projection heads; > 0: two-layer MLP heads of this width (GELU)
     proj_dropout: float = 0.0  # dropout inside the MLP heads
     init_temperature: float = 0.07  # InfoNCE temperature at init (logit_scale = log(1 / T))
@@ -75,9 +76,10 @@ class DualEncoder(RetrievalModel):
 
     @classmethod
     def required_files(cls, cfg: ModelCfg, params: DualEncoderParams) -> list[RequiredFile]:
-        """The image weights and the text folder (pretrained only)."""
+        """The image weights and the text folder (pretrained); without pretraining, the text folder's config.json
+        (the architecture a checkpoint's weights are loaded into)."""
         if not cfg.pretrained:
-            return []
+            return text_required_files(params.text_path, "model.params.text_path")[:1] if params.text_path else []
         needs = text_required_files(params.text_path, "model.params.text_path")
         if params.image_weights:
             needs.insert(0, RequiredFile("model.params.image_weights", params.image_weights,
@@ -92,6 +94,8 @@ class DualEncoder(RetrievalModel):
         self.image = TimmImageTower(p.image_backbone, p.image_weights if cfg.pretrained else "", p.image_unlocked)
         if cfg.pretrained:
             encoder = load_hf_encoder(p.text_path, "model.params.text_path")
+        elif p.text_path:  # a rebuild from a checkpoint (or random init of that architecture): no weights read
+            encoder = hf_encoder_from_config(p.text_path, "model.params.text_path")
         else:
             hidden, layers, heads = (int(v) for v in p.text_random)
             encoder = random_hf_encoder(hidden, layers, heads, max(ctx.vocab_size, 2))

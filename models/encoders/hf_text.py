@@ -59,6 +59,21 @@ def load_hf_encoder(path: str, key: str) -> nn.Module:
     return model
 
 
+def hf_encoder_from_config(path: str, key: str) -> nn.Module:
+    """The architecture of a local transformers folder (its ``config.json`` only) with random weights: how a
+    checkpoint's text tower is rebuilt before its weights are loaded (no weights file is read)."""
+    from transformers import AutoConfig, AutoModel
+
+    check_required_files([RequiredFile(key, str(Path(path) / "config.json"), "text encoder configuration")],
+                         "missing file", "the checkpoint's text tower is rebuilt from this folder's config.json")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    config._attn_implementation = "eager"
+    try:
+        return AutoModel.from_config(config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(config)
+
+
 def random_hf_encoder(hidden: int = 64, layers: int = 2, heads: int = 2, vocab_size: int = 30522) -> nn.Module:
     """A random-init BertModel of the given sizes (tests, ``model.pretrained: false``)."""
     from transformers import BertConfig, BertModel

@@ -16,7 +16,7 @@ from models.encoders.timm_tower import TimmImageTower
 
 def _model(**params) -> DualEncoder:
     cfg = ModelCfg(name="dual_encoder", embed_dim=32, pretrained=False,
-                   params={"image_backbone": "test_efficientnet", "text_random": [32, 2, 2], **params})
+                   params={"image_backbone": "test_efficientnet", "text_path": "", "text_random": [32, 2, 2], **params})
     return DualEncoder(cfg, parse_params(DualEncoderParams, cfg.params, "model.params"), ModelContext(None, 30522))
 
 
@@ -65,6 +65,25 @@ def test_locked_towers_stay_in_eval_mode_and_get_no_gradient():
     assert m.text.encoder.encoder.layer[-1].attention.self.query.weight.grad is not None
     assert m.text.encoder.encoder.layer[0].attention.self.query.weight.grad is None
     assert set(m.frozen_prefixes()) == {"image"}  # a partly trained text tower is not cached
+
+
+def test_a_pretrained_checkpoint_rebuilds_to_the_same_model():
+    """test.py / resume / build_index rebuild with model.pretrained=false: the text tower must take the folder's
+    architecture (MiniLM: 384 wide, 6 layers), not the random-init fallback, so the saved weights load exactly."""
+    from dataclasses import replace
+
+    from models.registry import build_model
+
+    cfg = ModelCfg(name="dual_encoder", embed_dim=32, pretrained=True,
+                   params={"image_backbone": "test_efficientnet", "image_weights": ""})
+    ctx = ModelContext(None, 30522)
+    trained = build_model(cfg, ctx).eval()
+    rebuilt = build_model(replace(cfg, pretrained=False), ctx).eval()
+    rebuilt.load_state_dict(trained.state_dict())  # strict: same keys and shapes
+    b = _batch()
+    with torch.no_grad():
+        assert torch.equal(trained.encode_text(b), rebuilt.encode_text(b))
+        assert torch.equal(trained.encode_image(b), rebuilt.encode_image(b))
 
 
 def _chance_mr(n_img: int, caps_per_img: list[int], ks=(1, 5, 10)) -> float:
