@@ -46,7 +46,12 @@ def _steps(model, criterion, optimizer, loader, n: int) -> list[float]:
     model.train()
     for _ in range(n + 1):  # the first step warms up (allocations, lazy inits): not counted
         t0 = time.perf_counter()
-        batch = to_device(next(it), torch.device("cpu"))
+        try:
+            raw = next(it)
+        except StopIteration:  # a short split: the next epoch (its start is timed as a step would pay it)
+            it = iter(loader)
+            raw = next(it)
+        batch = to_device(raw, torch.device("cpu"))
         losses = criterion(model(batch), batch, 0)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
