@@ -50,6 +50,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from core.config import Config, load_config  # noqa: E402
+from core.files import missing_files  # noqa: E402
+from data.tokenize import tokenizer_required_files  # noqa: E402
 from data.build import build_data, model_context, train_loader  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.runner import fit, prepare_run_dir  # noqa: E402
@@ -107,7 +109,8 @@ def method_config(method: str, dry: bool, ucm: Path | None, workers: int, device
     sets = ["model.pretrained=false", f"train.device={device.type}", "train.amp=bf16"]
     sets += data_overrides(ucm, workers) + (["data.max_images=60"] if dry else []) + list(extra)
     cfg = load_config(path, sets)
-    if cfg.data.tokenizer == "bert":  # no BERT vocabulary on the machine: word ids, BERT-size embedding table
+    if cfg.data.tokenizer == "bert" and missing_files(tokenizer_required_files(cfg.data)):
+        # no BERT vocabulary on the machine: word ids, BERT-size embedding table
         cfg = load_config(path, sets + ["data.tokenizer=vocab", "data.tokenizer_path=",
                                         f"model.params.bert_vocab_size={BERT_BASE_VOCAB}"])
     return cfg

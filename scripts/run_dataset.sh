@@ -24,7 +24,7 @@ ngpu=${NGPU:-$($py -c 'import torch; print(torch.cuda.device_count())')}
 variant=${VARIANT:-}
 tag=${variant:+_$variant}  # the config-stem suffix of the variant
 if [ -n "$variant" ]; then
-  all_methods=$(ls "$cfg_dir"/"${dataset}"_*"$tag".yaml 2>/dev/null | sed -E "s#${cfg_dir}/${dataset}_(.*)${tag}\.yaml#\1#")
+  all_methods=$(ls "$cfg_dir"/"${dataset}"_*"$tag".yaml 2>/dev/null | sed -E "s#${cfg_dir}/${dataset}_(.*)${tag}\.yaml#\1#" || true)
   [ -n "$all_methods" ] || { echo "error: no $cfg_dir/${dataset}_<method>$tag.yaml (VARIANT=$variant)" >&2; exit 2; }
 else
   all_methods=$(ls "$cfg_dir"/"${dataset}"_*.yaml | grep -v -E '_pretrained\.yaml$' |

@@ -18,7 +18,7 @@ from data.precomp import load_split
 from data.tokenize import VocabTokenizer, build_vocab
 from data.transforms import PIPELINES, build_transform
 
-NAMES = ["galr", "amfmn", "pir", "fisvl", "clip", "plain"]
+NAMES = ["galr", "amfmn", "pir", "fisvl", "clip", "plain", "inception"]
 SIZES = [(256, 256), (80, 100), (247, 250), (256, 256)]  # UCM has a few images that are not 256 x 256
 
 

@@ -96,7 +96,7 @@ def test_unknown_transform():
 
 
 def test_pipelines_are_registered():
-    assert PIPELINES.names() == ["amfmn", "clip", "fisvl", "galr", "pir", "plain"]
+    assert PIPELINES.names() == ["amfmn", "clip", "fisvl", "galr", "inception", "pir", "plain"]
     # which pipelines draw random numbers after their cached prefix (the datasets seed only those)
     assert {n for n in PIPELINES.names() if build_transform(n, True, 32).random} == {"amfmn", "fisvl", "galr", "pir"}
     assert not any(build_transform(n, False, 32).random for n in PIPELINES.names())
