@@ -61,7 +61,7 @@ from models.registry import MODELS, build_model, list_models  # noqa: E402
 
 UCM_CONFIGS = ("ucm_galr", "ucm_amfmn", "ucm_clip_finetune", "ucm_clip_adapter")
 # where each method keeps its image backbone (first match wins); the bare copy is the throughput baseline
-BACKBONE_PATHS = ("image.backbone", "visual_q.backbone", "vision_encoder", "clip.visual", "backbone")
+BACKBONE_PATHS = ("image.backbone", "image.net", "visual_q.backbone", "vision_encoder", "clip.visual", "backbone")
 BERT_BASE_VOCAB = 30522
 
 
