@@ -72,8 +72,8 @@ from core.errors import ConfigError, DataError, MissingFileError
 from core.files import RequiredFile
 from models.base import FrozenPrefix, ModelContext, RetrievalModel
 from models.encoders.cnn import resnet_required_files
-from models.encoders.multiscale import (STAGES, StageAdapters, build_stage_backbone, is_resnet_name, pack_maps,
-                                        stage_features, stage_widths, timm_name, unpack_maps)
+from models.encoders.multiscale import (STAGES, StageAdapters, backbone_stages, build_stage_backbone, is_resnet_name, pack_maps,
+                                        stage_widths, timm_name, unpack_maps)
 from models.encoders.gpo import GPO
 from models.encoders.hf_text import load_hf_encoder, random_hf_encoder, text_required_files
 from models.encoders.skipthoughts import UniSkip, skipthought_required_files, upstream_uniskip_keys
@@ -153,9 +153,7 @@ class VisualEncoder(nn.Module):
 
     def stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """f1..f4 of the backbone, before the adapter (no graph through a frozen backbone)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):
-            f = stage_features(self.backbone, images)
-        return {s: f[s] for s in STAGES}
+        return backbone_stages(self.backbone, images, self.finetune)
 
     def head(self, feats: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: f1..f4 from :meth:`stages`. Returns: (v [B, D], c_v [B, D])."""

@@ -22,7 +22,7 @@ from transformers import AutoModel, BertConfig, BertModel
 
 from core.errors import DataError
 from core.files import RequiredFile, check_required_files
-from models.encoders.pretrained import check_coverage, weight_keys
+from models.encoders.pretrained import check_hf_loading
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,7 @@ def build_bert(pretrained: bool, path: str = "", vocab_size: int = 30522, hidden
     except (OSError, ValueError, RuntimeError) as e:  # unreadable weights, config.json of another model ...
         raise DataError(f"cannot load BERT from {path} (model.params.bert_path): {type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]}") from None
-    # mismatched_keys holds (key, file shape, model shape) tuples
-    left = set(info.get("missing_keys", [])) | {m[0] if isinstance(m, tuple) else m
-                                                 for m in info.get("mismatched_keys", [])}
-    expected = weight_keys(model.state_dict())
-    missing = [k for k in expected if k in left]
-    check_coverage(path, len(expected) - len(missing), len(expected), "the BERT text encoder",
-                   "model.params.bert_path", missing=missing)
+    check_hf_loading(model, info, path, "the BERT text encoder", "model.params.bert_path")
     return model
 
 

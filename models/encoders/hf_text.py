@@ -20,7 +20,7 @@ from torch import nn
 
 from core.errors import DataError
 from core.files import RequiredFile, check_required_files
-from models.encoders.pretrained import check_coverage, weight_keys
+from models.encoders.pretrained import check_hf_loading
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -52,11 +52,7 @@ def load_hf_encoder(path: str, key: str) -> nn.Module:
     except (OSError, ValueError, RuntimeError) as e:
         raise DataError(f"cannot load a text encoder from {path} ({key}): {type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]}") from None
-    left = set(info.get("missing_keys", [])) | {m[0] if isinstance(m, tuple) else m
-                                                 for m in info.get("mismatched_keys", [])}
-    expected = weight_keys(model.state_dict())
-    missing = [k for k in expected if k in left]
-    check_coverage(path, len(expected) - len(missing), len(expected), "the text encoder", key, missing=missing)
+    check_hf_loading(model, info, path, "the text encoder", key)
     return model
 
 

@@ -200,3 +200,11 @@ def unpack_maps(rows: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Ten
         out[name] = rows[:, at:at + c * h * w].reshape(-1, c, h, w)
         at += c * h * w
     return out
+
+
+def backbone_stages(net: nn.Module, images: torch.Tensor, trains: bool) -> dict[str, torch.Tensor]:
+    """``f1``..``f4`` of :func:`stage_features`, with no autograd graph through a frozen backbone (``trains``
+    false): the shared ``stages`` of the multi-scale towers (MVSA, KAMCL)."""
+    with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+        feats = stage_features(net, images)
+    return {s: feats[s] for s in STAGES}

@@ -25,7 +25,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from models.encoders.cnn import build_resnet
-from models.encoders.multiscale import STAGES, build_stage_backbone, is_resnet_name, stage_features, stage_widths
+from models.encoders.multiscale import STAGES, backbone_stages, build_stage_backbone, is_resnet_name, stage_widths
 
 # own module name -> upstream module name (AMFMN and GaLR use the same names)
 UPSTREAM_NAMES = {
@@ -133,9 +133,7 @@ class MVSAImageTower(nn.Module):
 
     def stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """f1..f4 of the backbone (no graph through a frozen one)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):
-            feats = stage_features(self.backbone, images)
-        return {s: feats[s] for s in STAGES}
+        return backbone_stages(self.backbone, images, self.finetune)
 
     def forward(self, images: torch.Tensor, feats: dict[str, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:

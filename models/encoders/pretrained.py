@@ -64,6 +64,16 @@ def check_coverage(path: str | Path, matched: int, expected: int, what: str, key
                     f" ({shown}, ...)" if shown else "")
 
 
+def check_hf_loading(model: nn.Module, info: Mapping, path: str | Path, what: str, key: str) -> None:
+    """The coverage check of a transformers ``from_pretrained(..., output_loading_info=True)``: its missing and
+    mismatched keys (``(key, file shape, model shape)`` tuples) are the tensors the folder did not fill."""
+    left = set(info.get("missing_keys", [])) | {m[0] if isinstance(m, tuple) else m
+                                                 for m in info.get("mismatched_keys", [])}
+    expected = weight_keys(model.state_dict())
+    missing = [k for k in expected if k in left]
+    check_coverage(path, len(expected) - len(missing), len(expected), what, key, missing=missing)
+
+
 def load_matching(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, what: str, key: str = "",
                   skip: Iterable[str] = (), min_share: float = MIN_SHARE) -> list[str]:
     """Copy every tensor of ``state`` whose name and shape fit ``module``, after checking the coverage.
