@@ -147,8 +147,8 @@ def ranks_from_matrix(sim: Any, txt2img: Any, *, block: int | tuple[int, int] | 
         return metrics_np.ranks_from_matrix(sim, txt2img, block=block, i2t=i2t, t2i=t2i)
     from engine import metrics_stream
 
-    return metrics_stream.ranks_from_matrix(sim, txt2img, block=metrics_stream.DEFAULT_BLOCK if block is None else block, i2t=i2t,
-                                            t2i=t2i)
+    block = metrics_stream.DEFAULT_BLOCK if block is None else block
+    return metrics_stream.ranks_from_matrix(sim, txt2img, block=block, i2t=i2t, t2i=t2i)
 
 
 # ------------------------------------------------------------------------------------------------- ranks -> metrics
