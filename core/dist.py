@@ -32,14 +32,29 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_distributed(device: torch.device) -> bool:
-    """Initialise the default process group when launched by torchrun; return whether it is distributed."""
+def init_distributed(device: torch.device, timeout_s: float = 1800.0) -> bool:
+    """Initialise the default process group when launched by torchrun; return whether it is distributed.
+
+    ``timeout_s`` (``train.dist_timeout_s``) bounds every collective: a process whose peer stopped answering (a
+    frozen node) raises after it instead of waiting for ever; a peer that died closes its connections, and the
+    next collective fails at once. It must cover rank 0's validation, test and checkpoint writing, which the
+    other ranks wait for at a barrier.
+    """
     _, _, ws = world_info()
     if ws <= 1 or is_dist():
         return is_dist()
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return True
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another process of the run died or stopped answering."""
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and is_dist() and any(k in text for k in (
+        "Connection closed by peer", "Connection reset by peer", "Timed out waiting", "timed out", "gloo", "NCCL"))
 
 
 def barrier() -> None:

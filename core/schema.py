@@ -104,6 +104,7 @@ class TrainCfg:
     log_every: int = 10  # steps between progress lines in log.txt when the console is not a terminal
     log_every_s: float = 60.0  # ... or seconds between them, whichever comes first (0 = by steps only)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    dist_timeout_s: int = 1800  # torchrun: a collective waiting longer (a stopped node) raises; covers rank 0's eval
     feature_cache: str = "disk"  # off | memory | disk: outputs of locked towers computed once (engine/feature_cache.py)
     feature_cache_dir: str = ""  # where disk stores live; "" = <train.output_dir>/feature_cache
 
@@ -149,7 +150,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "optim.step_epochs": (1, None, False), "optim.gamma": (0, None, False), "optim.warmup_ratio": (0, 1, False),
     "optim.grad_clip": (0, None, False),
     "train.epochs": (0, None, False), "train.log_every": (1, None, False), "train.log_every_s": (0, None, False),
-    "train.num_threads": (0, None, False),
+    "train.num_threads": (0, None, False), "train.dist_timeout_s": (1, None, False),
     "eval.every": (1, None, False), "eval.sim_shard": (1, None, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -5,8 +5,9 @@ The entry points only parse arguments and call :func:`run_command` with :func:`t
 answer without that start-up cost; the heavy modules are imported inside the functions that need them.
 
 Exit codes (:func:`run_command`): 0 done; 2 bad input (an :class:`core.errors.RsitrError`, one line naming the
-culprit); 1 anything else (a bug keeps its traceback) and a non-finite loss; 130 interrupted (Ctrl-C), with one
-line that says how to resume.
+culprit); 1 anything else (a bug keeps its traceback), a non-finite loss, and a torchrun run that lost a process (a
+node killed, or frozen past ``train.dist_timeout_s``: one line, ``core.dist.is_peer_failure``); 130 interrupted
+(Ctrl-C), with one line that says how to resume.
 """
 from __future__ import annotations
 
@@ -112,6 +113,14 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
     except KeyboardInterrupt:
         log.error("interrupted before anything was written; run the same command again")
         return 130
+    except Exception as e:
+        dist = sys.modules.get("core.dist")
+        if dist is None or not dist.is_peer_failure(e):
+            raise
+        log.error("stopped: another process of this torchrun run died or stopped answering (rank %d of %d; %s); "
+                  "collectives wait at most train.dist_timeout_s; rank 0's last.pth is the last complete epoch: "
+                  "rerun with --resume", dist.rank(), dist.world_size(), one_line(e)[:300])
+        os._exit(1)  # the process group is broken: tearing it down could wait on the dead peer
     finally:
         if "core.dist" in sys.modules:  # only a command that got as far as torch has anything to clean up
             sys.modules["core.dist"].cleanup()
@@ -155,7 +164,7 @@ def train_command(args: argparse.Namespace) -> int:
     from engine.summary import write_summary
 
     device = resolve_device(cfg.train.device)
-    dist.init_distributed(device)
+    dist.init_distributed(device, cfg.train.dist_timeout_s)
     if ckpt is not None:
         folds, root = [ckpt["fold"]], Path(args.resume).resolve().parent.parent
     else:
