@@ -71,9 +71,10 @@ from core.dist import all_gather_with_grad
 from core.errors import ConfigError, DataError, MissingFileError
 from core.files import RequiredFile
 from models.base import FrozenPrefix, ModelContext, RetrievalModel
+from models.encoders.bert import lock_layers
 from models.encoders.cnn import resnet_required_files
-from models.encoders.multiscale import (STAGES, StageAdapters, backbone_stages, build_stage_backbone, is_resnet_name, pack_maps,
-                                        stage_widths, timm_name, unpack_maps)
+from models.encoders.multiscale import (STAGES, StageAdapters, backbone_stages, build_stage_backbone, is_resnet_name,
+                                        pack_maps, stage_widths, timm_name, unpack_maps)
 from models.encoders.gpo import GPO
 from models.encoders.hf_text import load_hf_encoder, random_hf_encoder, text_required_files
 from models.encoders.skipthoughts import UniSkip, skipthought_required_files, upstream_uniskip_keys
@@ -92,6 +93,7 @@ class KAMCLParams:
     text_encoder: str = "skipthoughts"  # skipthoughts (paper) | bert: any BERT-family folder (text_path; deviation)
     text_path: str = ""  # text_encoder=bert: transformers folder (config.json, weights, vocab.txt) or pkg: reference
     text_random: tuple = (64, 2, 2)  # text_encoder=bert with model.pretrained false: hidden, layers, heads
+    text_unlocked: int = -1  # text_encoder=bert: -1 = all of it trains; k >= 0 = only its last k layers
     tags_path: str = ""  # scripts/build_tags.py output (keyed by filename); "" = build from the training captions
     tag_vocab_path: str = "data/rsitmd_precomp/tags_label_th_1/tag_vocab_512.json"  # tag words (<= embed_dim)
     tag_vocab_from: str = "train"  # train: rank the tags over the run's training images | file: tag_vocab_path
@@ -182,6 +184,7 @@ class TextEncoder(nn.Module):
     def __init__(self, p: KAMCLParams, dim: int, vocab_words: list[str], pretrained: bool, mask_pad: bool) -> None:
         super().__init__()
         self.mask_pad = mask_pad
+        self._frozen: list[nn.Module] = []
         if p.text_encoder == "bert":  # per-token states of a BERT-family encoder instead of the uni-skip GRU steps
             if pretrained:
                 self.bert = load_hf_encoder(p.text_path, "model.params.text_path")
@@ -189,6 +192,7 @@ class TextEncoder(nn.Module):
                 hidden, layers, heads = (int(v) for v in p.text_random)
                 self.bert = random_hf_encoder(hidden, layers, heads, len(vocab_words))
             self.to_out = nn.Linear(int(self.bert.config.hidden_size), dim)
+            self._frozen = lock_layers(self.bert, p.text_unlocked)
         else:
             self.uniskip = UniSkip(vocab_words, p.dim_word, p.dim_hidden, p.text_dropout, p.skipthought_dir,
                                    pretrained)
@@ -199,12 +203,28 @@ class TextEncoder(nn.Module):
         self.gpo = GPO(p.gpo_dim, p.gpo_dim)
         self.concept = nn.Linear(dim, dim)
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, multi_hot: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: tokens [B, L] (L = longest caption), lengths [B], multi_hot [B, D]. Returns: (t, c_t), [B, D] each."""
+    def train(self, mode: bool = True) -> "TextEncoder":
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()  # locked BERT layers: no dropout
+        return self
+
+    @property
+    def locked(self) -> bool:
+        """True for a BERT text tower that is frozen whole (``text_unlocked: 0``)."""
+        return hasattr(self, "bert") and not any(p.requires_grad for p in self.bert.parameters())
+
+    def bert_states(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The BERT tower's last-layer token states [B, L, H] (its padding masked)."""
+        mask = (torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths.to(tokens.device)[:, None])
+        return self.bert(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, multi_hot: torch.Tensor,
+                states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: tokens [B, L] (L = longest caption), lengths [B], multi_hot [B, D]; ``states``: precomputed
+        :meth:`bert_states` (a locked tower shared by the query and key encoders). Returns: (t, c_t), [B, D] each."""
         if hasattr(self, "bert"):
-            mask = (torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths.to(tokens.device)[:, None])
-            x = self.to_out(self.bert(input_ids=tokens, attention_mask=mask.long()).last_hidden_state)
+            x = self.to_out(self.bert_states(tokens, lengths) if states is None else states)
         else:
             x = self.to_out(self.uniskip(tokens, lengths)[1])  # every step [B, L, D]
         b, L, d = x.shape
@@ -259,6 +279,8 @@ class KAMCL(RetrievalModel):
             "image": FrozenPrefix([self.visual_q.backbone], self._stage_rows,
                                   f"stages:{params.backbone or params.arch}:f1-f4")}
         self.text_k = copy.deepcopy(self.text_q).requires_grad_(False)
+        if self.text_q.locked:  # one locked BERT serves both text encoders (its weights never move)
+            self.text_k.bert = self.text_q.bert
         for name in ("im", "tx"):
             self.register_buffer(f"queue_{name}", F.normalize(torch.randn(dim, params.queue_size), dim=0))
             self.register_buffer(f"queue_ptr_{name}", torch.zeros(1, dtype=torch.long))
@@ -316,7 +338,11 @@ class KAMCL(RetrievalModel):
         text = self._text_inputs(batch)
         feats = None if self.p.finetune_backbone else self._image_stages(batch)
         v, cv = self.visual_q(batch["images"]) if feats is None else self.visual_q.head(feats)
-        t, ct = self.text_q(*text)
+        states = None
+        if self.text_q.locked:
+            with torch.no_grad():
+                states = self.text_q.bert_states(text[0], text[1])
+        t, ct = self.text_q(*text, states=states)
         out = {"img_emb": v, "txt_emb": t, "concept_img": cv, "concept_txt": ct}
         if not self.training:
             return out
@@ -325,7 +351,7 @@ class KAMCL(RetrievalModel):
         with torch.no_grad():
             vk = self.visual_k(batch["images"])[0] if feats is None else self.visual_k.head(feats)[0]
             vk = F.normalize(vk.to(dtype), dim=-1)
-            tk = F.normalize(self.text_k(*text)[0].to(dtype), dim=-1)
+            tk = F.normalize(self.text_k(*text, states=states)[0].to(dtype), dim=-1)
         vq, tq = F.normalize(v.to(dtype), dim=-1), F.normalize(t.to(dtype), dim=-1)
         temp = self.p.temperature
         out["logits_img"] = torch.cat([(vq * tk).sum(-1, keepdim=True), vq @ self.queue_tx.clone()], 1) / temp
@@ -367,11 +393,12 @@ class KAMCL(RetrievalModel):
     @torch.no_grad()
     def on_train_step_start(self) -> None:
         """Momentum update of the key encoders: θ_k <- m θ_k + (1 - m) θ_q (parameters only, as upstream; with
-        ``momentum_zip`` only the pairs upstream's zip reaches, :meth:`momentum_pairs`; a frozen backbone that both
-        encoders share is left alone)."""
+        ``momentum_zip`` only the pairs upstream's zip reaches, :meth:`momentum_pairs`; frozen query parameters (a
+        shared frozen backbone, locked BERT layers) equal their keys since the copy and are left out)."""
         m = self.p.momentum
         named = dict(self.named_parameters(remove_duplicate=False))
-        pairs = [(named[k], named[q]) for q, k in self.momentum_pairs() if named[k] is not named[q]]
+        pairs = [(named[k], named[q]) for q, k in self.momentum_pairs()
+                 if named[k] is not named[q] and named[q].requires_grad]
         keys, queries = [k for k, _ in pairs], [q.detach() for _, q in pairs]
         torch._foreach_mul_(keys, m)  # one multi-tensor op each instead of two ops per parameter
         torch._foreach_add_(keys, queries, alpha=1.0 - m)

@@ -63,7 +63,7 @@ from core.config import ModelCfg
 from core.errors import ConfigError
 from models.base import FrozenPrefix, ModelContext, RetrievalModel
 from core.files import RequiredFile
-from models.encoders.bert import bert_required_files, bert_tokens, build_bert
+from models.encoders.bert import bert_required_files, bert_tokens, build_bert, lock_layers
 from models.encoders.blocks import CrossBlock, SABlock
 from models.encoders.cnn import build_resnet, resnet_required_files
 from models.encoders.multiscale import build_stage_backbone, pack_maps, stage_features, stage_widths, timm_name, \
@@ -90,6 +90,7 @@ class TowerParams:
     swin_drop_path: float = 0.1  # stochastic depth (upstream 0.1)
     bert_path: str = "pretrained/bert-base-uncased"  # local HF directory (config.json, weights, vocab.txt)
     bert_vocab_size: int = 0  # random init only; 0 = ctx.vocab_size (30522 for bert-base-uncased)
+    bert_unlocked: int = -1  # -1: the whole BERT trains (upstream); k >= 0: only its last k layers (the rest frozen)
     bert_hidden: int = 768  # random init sizes (BERT-base defaults; tiny for tests)
     bert_layers: int = 12
     bert_heads: int = 12
@@ -178,6 +179,7 @@ class DualTowers(RetrievalModel):
             # upstream's own BERT embedding has no padding_idx: the attended [PAD] row gets a gradient (the forward
             # is the same; transformers' padding_idx only zeroes that row's gradient)
             self.text_encoder.embeddings.word_embeddings.padding_idx = None
+        self._frozen_text = lock_layers(self.text_encoder, p.bert_unlocked)
         rows = self.text_encoder.config.vocab_size
         if ctx.vocab_size > rows:
             raise ConfigError(f"the tokenizer has {ctx.vocab_size} ids but the BERT embedding has {rows} rows")
@@ -211,6 +213,8 @@ class DualTowers(RetrievalModel):
             self.conv_encoder.eval()  # frozen BatchNorm statistics must not drift (METHODS.md D10)
         if self.p.vision_backbone and not self.p.finetune_vision:
             self.vision_encoder.eval()
+        for m in self._frozen_text:
+            m.eval()  # locked BERT layers: no dropout
         return self
 
     def _resnet(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -85,3 +85,19 @@ def bert_tokens(model: BertModel, tokens: torch.Tensor, attention_mask: torch.Te
         [B, L, hidden].
     """
     return model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
+
+
+def lock_layers(model: torch.nn.Module, unlocked: int) -> list[torch.nn.Module]:
+    """Freeze the embeddings and all but the last ``unlocked`` layers of a BERT-family encoder (LiT-style).
+
+    ``unlocked < 0`` leaves everything trainable. Frozen parts take no gradient, so autograd records nothing
+    before the first trained layer (their forward costs what inference costs). Returns the frozen modules, which
+    the caller keeps in eval mode (no dropout).
+    """
+    if unlocked < 0:
+        return []
+    layers = list(model.encoder.layer)
+    frozen = [model.embeddings, *layers[:len(layers) - min(unlocked, len(layers))]]
+    for m in frozen:
+        m.requires_grad_(False)
+    return frozen
