@@ -117,9 +117,13 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
         dist = sys.modules.get("core.dist")
         if dist is None or not dist.is_peer_failure(e):
             raise
-        log.error("stopped: another process of this torchrun run died or stopped answering (rank %d of %d; %s); "
-                  "collectives wait at most train.dist_timeout_s; rank 0's last.pth is the last complete epoch: "
-                  "rerun with --resume", dist.rank(), dist.world_size(), one_line(e)[:300])
+        msg = (f"stopped: another process of this torchrun run died or stopped answering (rank {dist.rank()} of "
+               f"{dist.world_size()}; {one_line(e)[:300]}); collectives wait at most train.dist_timeout_s; rank 0's "
+               "last.pth is the last complete epoch: rerun with --resume")
+        if dist.rank() == 0:
+            log.error(msg)
+        else:  # the console log is rank 0's alone, but every node must say why it stopped
+            print(f"ERROR rsitr: {msg}", file=sys.stderr, flush=True)
         os._exit(1)  # the process group is broken: tearing it down could wait on the dead peer
     finally:
         if "core.dist" in sys.modules:  # only a command that got as far as torch has anything to clean up

@@ -73,11 +73,13 @@ def test_tiny_forward_backward_and_loss_terms(tags) -> None:
 class _Fixed(nn.Module):
     """An encoder stand-in that returns fixed embeddings (and zero concepts)."""
 
+    locked = False  # not a locked BERT tower (KAMCL.forward asks)
+
     def __init__(self, out: torch.Tensor) -> None:
         super().__init__()
         self.out = out
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         return self.out, torch.zeros_like(self.out)
 
 
