@@ -34,10 +34,18 @@ def build_bert(pretrained: bool, path: str = "", vocab_size: int = 30522, hidden
     """Build a pooler-free ``BertModel``.
 
     Args:
-        pretrained: load ``path`` with ``from_pretrained``; False builds ``BertConfig(...)`` from the sizes below.
+        pretrained: load ``path`` with ``from_pretrained``; False builds the architecture of ``path``'s
+            ``config.json`` when there is one (how a checkpoint is rebuilt), else ``BertConfig(...)`` from the sizes
+            below, with random weights.
         path: local directory with ``config.json`` and ``model.safetensors`` / ``pytorch_model.bin``.
         vocab_size, hidden, layers, heads, intermediate, max_positions: random-init sizes (BERT-base defaults).
     """
+    if not pretrained and path and (Path(path) / "config.json").is_file():
+        # a rebuild from a checkpoint (or random init of that folder's architecture): its config.json sets the
+        # widths (MiniLM: 384 x 6), no weights file is read
+        from models.encoders.hf_text import hf_encoder_from_config
+
+        return hf_encoder_from_config(path, "model.params.bert_path")
     if not pretrained:
         cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                          num_attention_heads=heads, intermediate_size=intermediate,
