@@ -82,20 +82,26 @@ METHODS = [
 ]
 
 
+def train_test_beats_chance(config: str, root: Path, sets: list[str], tmp_path: Path, label: str) -> None:
+    """Train ``configs/<config>.yaml`` (one fold) on the UCM subsample at ``root`` through train.py, test its best
+    epoch through test.py, and require 3x the mR of a random ranking of that test set."""
+    args = ["--config", f"{config}.yaml", "--output-dir", str(tmp_path)]
+    for s in (f"data.root={root}", f"data.image_dir={UCM / 'images'}", "data.n_folds=1", *sets):
+        args += ["--set", s]
+    assert train.main(args) == 0
+    best = tmp_path / Path(config).name / "fold0" / "best.pth"
+    out = tmp_path / "test.json"
+    assert test_entry.main(["--resume", str(best), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert (res["n_images"], res["n_captions"]) == (105, 525)  # the real subsample was tested
+    chance = chance_mr(res["n_images"], res["n_captions"])
+    print(f"{label}: test mR {res['mR']:.2f}, chance {chance:.2f}")
+    assert res["mR"] >= 3 * chance, f"{label}: test mR {res['mR']:.2f} < 3 x chance {chance:.2f}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method,extra", METHODS, ids=[m for m, _ in METHODS])
 def test_cpu_profile_learns_on_real_ucm_images(ucm_subset, method, extra, tmp_path):
     root, n_img, n_cap = ucm_subset
-    sets = [f"data.root={root}", f"data.image_dir={UCM / 'images'}", "data.n_folds=1", *extra]
-    args = ["--config", f"cpu/ucm_{method}.yaml", "--output-dir", str(tmp_path)]
-    for s in sets:
-        args += ["--set", s]
-    assert train.main(args) == 0
-    best = tmp_path / f"ucm_{method}" / "fold0" / "best.pth"
-    out = tmp_path / "test.json"
-    assert test_entry.main(["--resume", str(best), "--json", str(out)]) == 0
-    res = json.loads(out.read_text())
-    assert (res["n_images"], res["n_captions"]) == (n_img, n_cap) == (105, 525)  # the real subsample was tested
-    chance = chance_mr(res["n_images"], res["n_captions"])
-    print(f"{method}: test mR {res['mR']:.2f}, chance {chance:.2f}")
-    assert res["mR"] >= 3 * chance, f"{method}: test mR {res['mR']:.2f} < 3 x chance {chance:.2f}"
+    assert (n_img, n_cap) == (105, 525)
+    train_test_beats_chance(f"cpu/ucm_{method}", root, list(extra), tmp_path, method)
