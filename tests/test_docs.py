@@ -18,10 +18,6 @@ from core import schema
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 200
 
-# pages linked before they land: docs/ADDING_A_METHOD.md comes with issue 26's example method (another branch);
-# once it exists it is checked like every other file, and this entry can go
-ARRIVING = {"docs/ADDING_A_METHOD.md"}
-
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 # a repository path: one of the checked folders, then path characters; {a,b} groups and <placeholders> allowed
@@ -53,10 +49,8 @@ def broken_links(root: Path) -> list[str]:
                 continue
             file, _, anchor = target.partition("#")
             dest = (page.parent / file).resolve() if file else page
-            rel = dest.relative_to(root.resolve()).as_posix() if dest.is_relative_to(root.resolve()) else str(dest)
             if not dest.exists():
-                if rel not in ARRIVING:
-                    bad.append(f"{page.relative_to(root)}: {target}")
+                bad.append(f"{page.relative_to(root)}: {target}")
             elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
                 bad.append(f"{page.relative_to(root)}: {target} (no such heading)")
     return bad
@@ -80,7 +74,7 @@ def missing_paths(root: Path) -> list[str]:
             for one in expand(path):
                 one = one.rstrip("/")  # a module named without .py (engine/train_loop) is its file
                 found = [p for o in (one, one + ".py") for p in (root.glob(o) if "*" in o else [root / o])]
-                if path not in ARRIVING and not any(p.exists() for p in found):
+                if not any(p.exists() for p in found):
                     bad.append(f"{page.relative_to(root)}: {path}")
     return sorted(set(bad))
 
@@ -127,7 +121,7 @@ def test_checks_catch_broken_links_anchors_and_paths(tmp_path):
     (tmp_path / "docs" / "A.md").write_text("# Title\n## The part\n")
     (tmp_path / "README.md").write_text(
         "[ok](docs/A.md) [ok](docs/A.md#the-part) [gone](docs/B.md) [bad anchor](docs/A.md#nope) "
-        "[web](https://example.org/x) [arriving](docs/ADDING_A_METHOD.md)\n"
+        "[web](https://example.org/x)\n"
         "`configs/cpu/ucm_<method>.yaml` `configs/cpu/ucm_vse.yaml`. `configs/cpu/{ucm_vse,ucm_galr}.yaml` "
         "`scripts/none.py` `tests/<x>_nothing.py` `../shared/configs/x.yaml` `configs/...`\n"
         "```bash\npython scripts/also_missing.py --config configs/cpu/ucm_vse.yaml\n```\n")
